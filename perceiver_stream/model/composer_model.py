@@ -1,0 +1,66 @@
+"""The Composer contract around ``PerceiverMLM``: loss, metrics, FLOPs, FSDP/checkpointing hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
+from composer.models import ComposerModel
+from torchmetrics import Metric
+
+from perceiver_stream.model.config import PerceiverMLMConfig
+from perceiver_stream.model.flops import training_flops
+from perceiver_stream.model.mlm import MLMOutput, PerceiverMLM, checkpoint_layers, is_attention_layer
+
+Batch = Mapping[str, torch.Tensor]
+
+
+class ComposerPerceiverMLM(ComposerModel):
+    """Perceiver IO MLM for Composer's Trainer.
+
+    A batch holds ``input_ids`` (B, L), ``attention_mask`` (B, L; 1 at real tokens) and ``labels`` (B, L;
+    -100 where no loss). The loss is the mean cross-entropy over labelled tokens, computed from logits of
+    the labelled positions only.
+
+    Args:
+        config: the model configuration.
+        wrap_activation_checkpointing: apply ``config.activation_checkpointing`` / ``activation_offloading``
+            here. Leave it False when Composer's FSDP applies them instead (its ``activation_checkpointing``
+            flags are set from the same config), so the flag means one thing.
+    """
+
+    def __init__(self, config: PerceiverMLMConfig, wrap_activation_checkpointing: bool = True):
+        super().__init__()
+        self.config = config
+        self.model = PerceiverMLM(config)
+        # Composer's FSDP looks for these on each child of the ComposerModel, i.e. on self.model.
+        self.model.fsdp_wrap_fn = is_attention_layer
+        self.model.activation_checkpointing_fn = is_attention_layer
+        if wrap_activation_checkpointing and config.activation_checkpointing:
+            checkpoint_layers(self.model, offload=config.activation_offloading)
+        self.train_metrics = {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy()}
+        self.eval_metrics = {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy()}
+
+    def forward(self, batch: Batch) -> MLMOutput:
+        return self.model.forward_labelled(batch["input_ids"], batch["labels"], batch.get("attention_mask"))
+
+    def loss(self, outputs: MLMOutput, batch: Batch, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return F.cross_entropy(outputs.logits.float(), outputs.targets)
+
+    def eval_forward(self, batch: Batch, outputs: MLMOutput | None = None) -> MLMOutput:
+        return outputs if outputs is not None else self.forward(batch)
+
+    def update_metric(self, batch: Batch, outputs: MLMOutput, metric: Metric) -> None:
+        metric.update(outputs.logits, outputs.targets)
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return self.train_metrics if is_train else self.eval_metrics
+
+    def flops_per_batch(self, batch: Batch) -> int:
+        """Training FLOPs of ``batch`` as the step runs them (formula in ``training_flops``), for MFU."""
+        counts = (batch["labels"] != -100).sum(dim=1)
+        batch_size, seq_len = batch["labels"].shape
+        return training_flops(self.config, batch_size, seq_len, int(counts.sum()), int(counts.max()) * batch_size)

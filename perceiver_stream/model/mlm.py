@@ -1,0 +1,176 @@
+"""The Perceiver IO masked language model: text adapter -> encoder -> decoder -> tied output head."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+    offload_wrapper,
+)
+
+from perceiver_stream.model.config import PerceiverMLMConfig
+from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
+
+ATTENTION_LAYERS = (CrossAttentionLayer, SelfAttentionLayer)
+
+
+class TextInputAdapter(nn.Module):
+    """Token embedding plus a learned position embedding, both of width ``num_input_channels``.
+
+    The token lookup's gradient is sparse (one row per token, not a zero-filled vocab x C matrix): the tied
+    output head always adds a dense gradient to the same weight, and autograd adds the sparse rows into it in
+    place, so ``.grad`` stays dense while a step saves two full passes over the embedding's memory.
+    """
+
+    def __init__(self, vocab_size: int, max_seq_len: int, num_channels: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, num_channels, sparse=True)
+        self.position_embedding = nn.Embedding(max_seq_len, num_channels)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.token_embedding(input_ids) + self.position_embedding(positions)
+
+
+class PerceiverEncoder(nn.Module):
+    """Latents cross-attend to the input once, then run the weight-shared self-attention block."""
+
+    def __init__(self, config: PerceiverMLMConfig):
+        super().__init__()
+        enc, eps = config.encoder, config.layer_norm_eps
+        self.num_blocks = enc.num_self_attention_blocks
+        self.latents = nn.Parameter(torch.empty(config.num_latents, config.num_latent_channels))
+        self.cross_attention = CrossAttentionLayer(
+            enc.num_cross_attention_heads, config.num_latent_channels, enc.num_input_channels,
+            enc.num_cross_attention_qk_channels, enc.num_cross_attention_v_channels,
+            enc.cross_attention_widening_factor, enc.cross_attention_residual, enc.dropout, eps,
+        )
+        self.self_attention = nn.ModuleList(
+            SelfAttentionLayer(
+                enc.num_self_attention_heads, config.num_latent_channels, enc.num_self_attention_qk_channels,
+                enc.num_self_attention_v_channels, enc.self_attention_widening_factor, enc.dropout, eps,
+            )
+            for _ in range(enc.num_self_attention_layers_per_block)
+        )
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        latents = self.cross_attention(self.latents.expand(x.shape[0], -1, -1), x, pad_mask)
+        for _ in range(self.num_blocks):
+            for layer in self.self_attention:
+                latents = layer(latents)
+        return latents
+
+
+class PerceiverDecoder(nn.Module):
+    """Learned output queries, one per position, cross-attend to the latents.
+
+    Queries never attend to each other, so decoding a subset of positions gives exactly the outputs the full
+    decode has at those positions; training decodes only the labelled ones.
+    """
+
+    def __init__(self, config: PerceiverMLMConfig):
+        super().__init__()
+        dec, c = config.decoder, config.encoder.num_input_channels
+        self.output_queries = nn.Parameter(torch.empty(config.max_seq_len, c))
+        self.cross_attention = CrossAttentionLayer(
+            dec.num_cross_attention_heads, c, config.num_latent_channels, dec.num_cross_attention_qk_channels,
+            dec.num_cross_attention_v_channels, dec.cross_attention_widening_factor,
+            dec.cross_attention_residual, dec.dropout, config.layer_norm_eps,
+        )
+
+    def forward(self, latents: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Decode ``positions`` (B, P) of each sample from its ``latents`` (B, N, D) to (B, P, C)."""
+        return self.cross_attention(self.output_queries[positions], latents)
+
+
+class MLMOutput(NamedTuple):
+    """Logits (M, V) of the M labelled tokens of a batch, in row-major order, and their targets (M,)."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+class PerceiverMLM(nn.Module):
+    """Perceiver IO masked language model with the output head tied to the token embedding."""
+
+    def __init__(self, config: PerceiverMLMConfig):
+        super().__init__()
+        self.config = config
+        self.input_adapter = TextInputAdapter(config.vocab_size, config.max_seq_len, config.encoder.num_input_channels)
+        self.encoder = PerceiverEncoder(config)
+        self.decoder = PerceiverDecoder(config)
+        self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_scale) weights, zero biases, unit LayerNorms (the paper's initialisation)."""
+        std = self.config.init_scale
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std)
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        self.encoder.latents.normal_(0.0, std)
+        self.decoder.output_queries.normal_(0.0, std)
+        self.output_bias.zero_()
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, N, D) of ``input_ids`` (B, L); ``attention_mask`` (B, L) is 1 at real tokens."""
+        pad_mask = None if attention_mask is None else attention_mask == 0
+        return self.encoder(self.input_adapter(input_ids), pad_mask)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.input_adapter.token_embedding.weight.T + self.output_bias
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-sequence logits (B, L, V), for inference and fill-mask."""
+        latents = self.encode(input_ids, attention_mask)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+        return self.logits(self.decoder(latents, positions))
+
+    def forward_labelled(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> MLMOutput:
+        """Logits only where ``labels`` != -100: the decoder and the vocabulary projection skip the ~85%
+        of positions that carry no loss, which is most of an MLM step's decoder cost."""
+        latents = self.encode(input_ids, attention_mask)
+        selected = labels != -100
+        counts = selected.sum(dim=1)
+        width = max(int(counts.max()), 1)
+        # Stable sort puts each row's labelled positions first, in position order.
+        positions = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)[:, :width]
+        valid = torch.arange(width, device=labels.device) < counts[:, None]
+        hidden = self.decoder(latents, positions)[valid]
+        return MLMOutput(self.logits(hidden), labels.gather(1, positions)[valid])
+
+
+def checkpoint_layers(model: nn.Module, offload: bool = False) -> None:
+    """Wrap every attention layer so its activations are recomputed in backward.
+
+    With ``offload`` the inputs the checkpoints keep are held in host memory, as Composer's FSDP
+    ``activation_cpu_offload`` does: GPU memory then holds one layer's activations at a time.
+    """
+
+    def wrap(module: nn.Module) -> nn.Module:
+        module = checkpoint_wrapper(module)
+        return offload_wrapper(module) if offload else module
+
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrap, check_fn=is_attention_layer)
+
+
+def is_attention_layer(module: nn.Module) -> bool:
+    """The unit of FSDP wrapping and activation checkpointing: one cross- or self-attention layer."""
+    return isinstance(module, ATTENTION_LAYERS)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,61 @@
+"""The Composer wrapper: loss, metrics, FLOPs against torch's FLOP counter, FSDP hooks on the inner module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from perceiver_stream.model.composer_model import ComposerPerceiverMLM
+from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
+from tests.model.test_model import random_batch, small_config
+
+
+def make_batch(config, batch: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    input_ids, attention_mask, labels = random_batch(config, batch, seed)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_loss_is_cross_entropy_over_labelled_tokens():
+    config = small_config()
+    model = ComposerPerceiverMLM(config).eval()
+    batch = make_batch(config)
+    full = model.model(batch["input_ids"], batch["attention_mask"])
+    expected = F.cross_entropy(full.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+    torch.testing.assert_close(model.loss(model(batch), batch), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_metrics_accuracy_and_cross_entropy():
+    config = small_config()
+    model = ComposerPerceiverMLM(config).eval()
+    batch = make_batch(config)
+    outputs = model.eval_forward(batch)
+    metrics = model.get_metrics(is_train=False)
+    for metric in metrics.values():
+        model.update_metric(batch, outputs, metric)
+    full = model.model(batch["input_ids"], batch["attention_mask"])
+    selected = batch["labels"] != -100
+    accuracy = (full.argmax(-1)[selected] == batch["labels"][selected]).float().mean()
+    torch.testing.assert_close(metrics["MaskedAccuracy"].compute(), accuracy)
+    ce = F.cross_entropy(full[selected], batch["labels"][selected])
+    torch.testing.assert_close(metrics["LanguageCrossEntropy"].compute(), ce, atol=1e-5, rtol=1e-5)
+
+
+def test_flops_per_batch_matches_torch_flop_counter():
+    config = small_config()
+    model = ComposerPerceiverMLM(config)
+    batch = make_batch(config)
+    with FlopCounterMode(display=False) as counter:
+        model.loss(model(batch), batch).backward()
+    measured = counter.get_total_flops()
+    assert abs(model.flops_per_batch(batch) - measured) / measured < 0.01
+
+
+def test_fsdp_and_checkpointing_hooks_live_on_the_inner_module():
+    model = ComposerPerceiverMLM(small_config())
+    inner = model.model
+    layers = [m for m in inner.modules() if isinstance(m, (CrossAttentionLayer, SelfAttentionLayer))]
+    assert all(inner.fsdp_wrap_fn(m) and inner.activation_checkpointing_fn(m) for m in layers)
+    assert not inner.fsdp_wrap_fn(inner.input_adapter)
+    assert not inner.activation_checkpointing_fn(inner.encoder)
+    assert not hasattr(model, "fsdp_wrap_fn")
