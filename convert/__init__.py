@@ -1,0 +1,1 @@
+"""Offline conversion of raw text to MosaicML Streaming (MDS) shards with word-boundary information."""

@@ -1,0 +1,100 @@
+"""``perceiver-convert``: raw text to MDS shards, tokenizer training, and inspection."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from convert.sources import FORMATS, InputError, Source, Stats, expand_inputs
+
+WIKIBOOK = {
+    "wikipedia": ("wikipedia", "20220301.en"),
+    "bookcorpus": ("bookcorpus", "plain_text"),
+}
+
+
+def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: float) -> None:
+    parser.add_argument("--tokenizer", required=True, help="hub name or local directory of a fast tokenizer")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (must be empty or absent)")
+    parser.add_argument("--max-seq-len", type=int, default=512, help="tokens per sample")
+    parser.add_argument("--val-fraction", type=float, default=val_fraction,
+                        help="fraction of documents (by stable hash) in the val split")
+    parser.add_argument("--final-sample", choices=["pad", "drop"], default="pad",
+                        help="what to do with each worker's final partial sample")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    parser.add_argument("--shard-size-limit", type=int, default=1 << 26, help="bytes per MDS shard")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perceiver-convert", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    wikibook = commands.add_parser("wikibook", formatter_class=defaults,
+                                   help="HF wikipedia (20220301.en) + bookcorpus (plain_text) as two streams")
+    _add_conversion_arguments(wikibook, val_fraction=0.005)
+
+    text = commands.add_parser("text", formatter_class=defaults, help="local corpora")
+    text.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    text.add_argument("--format", choices=FORMATS, default="auto")
+    text.add_argument("--text-field", default="text", help="field/column holding the text (jsonl, parquet)")
+    _add_conversion_arguments(text, val_fraction=0.005)
+
+    tokenizer = commands.add_parser("tokenizer", formatter_class=defaults,
+                                    help="train a SentencePiece-style unigram tokenizer")
+    tokenizer.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    tokenizer.add_argument("--format", choices=FORMATS, default="auto")
+    tokenizer.add_argument("--text-field", default="text")
+    tokenizer.add_argument("--vocab-size", type=int, default=32000)
+    tokenizer.add_argument("--out", required=True, type=Path)
+
+    inspect = commands.add_parser("inspect", formatter_class=defaults, help="summarise a converted dataset")
+    inspect.add_argument("dir", type=Path)
+    inspect.add_argument("--sample", type=int, default=0, help="index of the sample to decode")
+    inspect.add_argument("--tokenizer", default=None, help="override the tokenizer named in the manifest")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "inspect":
+        from convert.inspect_shards import inspect
+
+        inspect(args.dir, args.sample, args.tokenizer)
+        return
+    if args.command == "tokenizer":
+        from convert.tokenizer import train_unigram
+
+        if args.vocab_size < 10:
+            raise InputError(f"--vocab-size {args.vocab_size}: too small")
+        source = Source("files", tuple(map(str, expand_inputs(args.input))), args.format, args.text_field)
+        stats = Stats()
+        tokenizer = train_unigram(source.documents(stats), args.vocab_size, args.out)
+        print(f"trained a unigram tokenizer of {len(tokenizer):,} tokens -> {args.out}; "
+              f"skipped documents: {dict(stats.skipped) or 'none'}")
+        return
+
+    from convert.writer import Options, convert
+
+    options = Options(tokenizer=args.tokenizer, max_seq_len=args.max_seq_len, val_fraction=args.val_fraction,
+                      final_sample=args.final_sample, workers=args.workers, shard_size_limit=args.shard_size_limit)
+    if args.command == "text":
+        streams = {".": Source("files", tuple(map(str, expand_inputs(args.input))), args.format, args.text_field)}
+    else:
+        streams = {name: Source("hub", hub_name=hub, hub_config=config) for name, (hub, config) in WIKIBOOK.items()}
+    convert(streams, args.out, options, overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except InputError as e:
+        print(f"perceiver-convert: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

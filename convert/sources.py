@@ -1,0 +1,238 @@
+"""Documents from raw corpora: local files of several formats and Hugging Face hub datasets.
+
+Every reader yields raw documents in a fixed order; what it cannot use it counts in ``Stats.skipped`` with a
+reason, so nothing disappears silently. Readers that fail on bad input name the file (and line).
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import glob
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMATS = ("auto", "txt", "jsonl", "parquet", "wikiextractor", "gutenberg", "wikidump")
+
+_WIKIEXTRACTOR_DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.DOTALL)
+_GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF.*$", re.MULTILINE)
+_GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF.*$", re.MULTILINE)
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file (and line) and what was expected."""
+
+
+@dataclass
+class Stats:
+    """What reading saw: documents yielded, documents skipped by reason, bytes replaced while decoding."""
+
+    skipped: Counter = field(default_factory=Counter)
+    replaced_bytes: int = 0
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files named by paths, globs and directories (recursively), sorted; a pattern matching nothing fails."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise InputError(f"--input {pattern}: no such file or directory")
+        for match in map(Path, matches):
+            if match.is_dir():
+                files += sorted(p for p in match.rglob("*") if p.is_file() and not p.name.startswith("."))
+            else:
+                files.append(match)
+    if not files:
+        raise InputError(f"--input {' '.join(patterns)}: no files found")
+    return files
+
+
+def decode(data: bytes, stats: Stats) -> str:
+    """UTF-8 text (a BOM dropped, CRLF/CR made LF); undecodable bytes become U+FFFD and are counted."""
+    errors = 0
+
+    def count_and_replace(error: UnicodeDecodeError) -> tuple[str, int]:
+        nonlocal errors
+        errors += error.end - error.start
+        return "\ufffd", error.end
+
+    codecs.register_error("perceiver_stream_count", count_and_replace)
+    text = data.decode("utf-8-sig", errors="perceiver_stream_count")
+    stats.replaced_bytes += errors
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def sniff_format(path: Path) -> str:
+    """The format of ``path`` from its name, else from its first kilobytes."""
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".json")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".xml.bz2", ".xml")):
+        return "wikidump"
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8", errors="replace")
+    if head.lstrip("\ufeff").lstrip().startswith("<doc"):
+        return "wikiextractor"
+    if "*** START OF" in head:
+        return "gutenberg"
+    return "txt"
+
+
+def read_txt(path: Path, stats: Stats) -> Iterator[str]:
+    """The whole file is one document."""
+    yield decode(path.read_bytes(), stats)
+
+
+def read_wikiextractor(path: Path, stats: Stats) -> Iterator[str]:
+    """``<doc ...>`` blocks; the body's first line is the title and is dropped; title-only stubs count as skipped."""
+    for match in _WIKIEXTRACTOR_DOC.finditer(decode(path.read_bytes(), stats)):
+        lines = match.group(1).strip().split("\n")
+        body = "\n".join(lines[1:]).strip()
+        if body:
+            yield body
+        else:
+            stats.skipped["wikiextractor_stub"] += 1
+
+
+def read_gutenberg(path: Path, stats: Stats) -> Iterator[str]:
+    """The text between the ``*** START OF`` and ``*** END OF`` marker lines (licence and header dropped)."""
+    text = decode(path.read_bytes(), stats)
+    start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
+    if start is None or end is None or end.start() < start.end():
+        stats.skipped["gutenberg_without_markers"] += 1
+        return
+    yield text[start.end():end.start()]
+
+
+def read_jsonl(path: Path, stats: Stats, text_field: str) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(decode(line, stats))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{line_number}: not a JSON object ({e.msg})") from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise InputError(f"{path}:{line_number}: no --text-field {text_field!r} in this record")
+            if not isinstance(record[text_field], str):
+                raise InputError(f"{path}:{line_number}: field {text_field!r} is not a string")
+            yield record[text_field]
+
+
+def read_parquet(path: Path, stats: Stats, text_field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    if text_field not in schema.names:
+        raise InputError(f"{path}: no --text-field {text_field!r} column (columns: {schema.names})")
+    for batch in pq.ParquetFile(path).iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if text is None:
+                stats.skipped["null_text"] += 1
+            else:
+                yield text
+
+
+def read_wikidump(path: Path, stats: Stats) -> Iterator[str]:
+    """Articles (namespace 0, not redirects) of a MediaWiki ``pages-articles.xml[.bz2]`` dump, as plain text."""
+    import mwparserfromhell
+
+    opener = bz2.open if path.name.endswith(".bz2") else open
+    with opener(path, "rb") as f:
+        try:
+            for _, element in ET.iterparse(f, events=("end",)):
+                if not element.tag.endswith("}page") and element.tag != "page":
+                    continue
+                namespace = _child_text(element, "ns")
+                text = _child_text(element, "revision/text") or ""
+                redirect = any(child.tag.endswith("redirect") for child in element)
+                element.clear()
+                if namespace not in (None, "0"):
+                    stats.skipped["wikidump_not_article"] += 1
+                elif redirect:
+                    stats.skipped["wikidump_redirect"] += 1
+                else:
+                    yield wikitext_to_text(text, mwparserfromhell)
+        except ET.ParseError as e:
+            raise InputError(f"{path}: not a MediaWiki XML dump ({e})") from None
+
+
+def _child_text(element: ET.Element, path: str) -> str | None:
+    for child in element.iter():
+        if child.tag.rsplit("}", 1)[-1] == path.rsplit("/", 1)[-1]:
+            return child.text
+    return None
+
+
+def wikitext_to_text(wikitext: str, mwparserfromhell) -> str:
+    """Readable text of wikitext: templates, tables, references and files removed, links kept as their text."""
+    code = mwparserfromhell.parse(wikitext)
+    for node in code.filter_tags(recursive=False):
+        if str(node.tag).lower() in ("ref", "table", "gallery", "math"):
+            code.remove(node)
+    text = code.strip_code(normalize=True, collapse=True)
+    lines = [line.strip() for line in text.split("\n")]
+    lines = [line for line in lines if line and not re.match(r"^(File|Image|Category):", line)]
+    return "\n".join(lines)
+
+
+def read_file(path: Path, fmt: str, stats: Stats, text_field: str) -> Iterator[str]:
+    fmt = sniff_format(path) if fmt == "auto" else fmt
+    if fmt in ("jsonl", "parquet"):
+        return (read_jsonl if fmt == "jsonl" else read_parquet)(path, stats, text_field)
+    readers = {"txt": read_txt, "wikiextractor": read_wikiextractor, "gutenberg": read_gutenberg,
+               "wikidump": read_wikidump}
+    if fmt not in readers:
+        raise InputError(f"--format {fmt}: unknown format (expected one of {', '.join(FORMATS)})")
+    return readers[fmt](path, stats)
+
+
+def read_hub(name: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
+    """A Hugging Face hub dataset (needs hub access or a local HF cache, e.g. ``HF_DATASETS_CACHE``)."""
+    from datasets import load_dataset
+
+    dataset = load_dataset(name, config, split=split)
+    if text_field not in dataset.column_names:
+        raise InputError(f"hub dataset {name}/{config}: no {text_field!r} column ({dataset.column_names})")
+    for batch in dataset.iter(batch_size=1024):
+        yield from batch[text_field]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to read, picklable so each worker process can open it itself."""
+
+    kind: str  # "files" or "hub"
+    files: tuple[str, ...] = ()
+    fmt: str = "auto"
+    text_field: str = "text"
+    hub_name: str = ""
+    hub_config: str | None = None
+    hub_split: str = "train"
+
+    def describe(self) -> dict:
+        if self.kind == "hub":
+            return {"hub": self.hub_name, "config": self.hub_config, "split": self.hub_split}
+        return {"files": list(self.files), "format": self.fmt, "text_field": self.text_field}
+
+    def documents(self, stats: Stats) -> Iterator[str]:
+        """All raw documents in order; empty or whitespace-only ones are counted and skipped."""
+        if self.kind == "hub":
+            raw: Iterator[str] = read_hub(self.hub_name, self.hub_config, self.hub_split, self.text_field)
+        else:
+            raw = (doc for f in self.files for doc in read_file(Path(f), self.fmt, stats, self.text_field))
+        for text in raw:
+            if text.strip():
+                yield text
+            else:
+                stats.skipped["empty"] += 1

@@ -1,0 +1,78 @@
+"""Loading, fingerprinting and training tokenizers for conversion."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from convert.sources import InputError
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<cls>", "<sep>", "<mask>")
+
+
+def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
+    """A fast tokenizer with mask, pad and separator tokens, or a clear error naming what is missing."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--tokenizer {name_or_dir}: cannot load ({str(e).splitlines()[0]})") from None
+    if not tokenizer.is_fast:
+        raise InputError(f"--tokenizer {name_or_dir}: not a fast tokenizer (word boundaries need word_ids())")
+    missing = [name for name in ("mask_token", "pad_token") if getattr(tokenizer, name) is None]
+    if tokenizer.sep_token is None and tokenizer.eos_token is None:
+        missing.append("sep_token (or eos_token)")
+    if missing:
+        raise InputError(f"--tokenizer {name_or_dir}: has no {', '.join(missing)}; masked LM shards need them")
+    return tokenizer
+
+
+def separator_id(tokenizer: PreTrainedTokenizerFast) -> int:
+    """The token placed between concatenated documents."""
+    return tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+
+
+def fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """sha256 of the tokenizer's full serialized state (model, normalizer, pre-tokenizer, added tokens)."""
+    state = tokenizer.backend_tokenizer.to_str()
+    specials = json.dumps(tokenizer.special_tokens_map, sort_keys=True)
+    return hashlib.sha256((state + specials).encode()).hexdigest()
+
+
+def describe(tokenizer: PreTrainedTokenizerFast, name: str) -> dict:
+    """What a manifest records about the tokenizer, and what training checks shards against."""
+    return {
+        "name": name,
+        "fingerprint": fingerprint(tokenizer),
+        "vocab_size": len(tokenizer),
+        "special_token_ids": {
+            key: tokenizer.convert_tokens_to_ids(token)
+            for key, token in sorted(tokenizer.special_tokens_map.items()) if isinstance(token, str)
+        },
+        "pad_token_id": tokenizer.pad_token_id,
+        "mask_token_id": tokenizer.mask_token_id,
+        "separator_token_id": separator_id(tokenizer),
+    }
+
+
+def train_unigram(texts: Iterator[str], vocab_size: int, out: Path) -> PreTrainedTokenizerFast:
+    """Train a SentencePiece-style unigram tokenizer (NFKC, Metaspace) and save it where AutoTokenizer loads it."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.Unigram())
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token="<unk>", show_progress=True
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", cls_token="<cls>", sep_token="<sep>",
+        mask_token="<mask>",
+    )
+    tokenizer.save_pretrained(str(out))
+    return tokenizer

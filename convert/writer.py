@@ -1,0 +1,250 @@
+"""Run a conversion: parallel workers, one MDS group each, merged index, manifest, atomic output.
+
+Worker ``k`` of ``W`` converts raw documents ``k, k + W, k + 2W, ...`` and writes its own MDS group per
+split; the groups are merged into one ``index.json`` per split in worker order. Output is therefore a pure
+function of (input, arguments, worker count). Everything is written under ``.<out>.partial`` and renamed to
+``out`` only when complete, so an interrupted run never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_module
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from streaming import MDSWriter
+from streaming.base.util import merge_index
+from tqdm import tqdm
+
+import perceiver_stream
+from convert.packing import Packer, token_dtype, tokenize
+from convert.sources import InputError, Source, Stats
+from convert.tokenizer import describe, load_tokenizer, separator_id
+
+SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "perceiver-stream-mds/1"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Conversion arguments; all of them are recorded in the manifest."""
+
+    tokenizer: str
+    max_seq_len: int = 512
+    val_fraction: float = 0.005
+    final_sample: str = "pad"  # or "drop"
+    workers: int = 1
+    shard_size_limit: int = 1 << 26
+    batch_documents: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 2:
+            raise InputError(f"--max-seq-len {self.max_seq_len}: must be at least 2")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+        if self.final_sample not in ("pad", "drop"):
+            raise InputError(f"--final-sample {self.final_sample}: expected pad or drop")
+        if self.workers < 1:
+            raise InputError(f"--workers {self.workers}: must be at least 1")
+
+
+@dataclass
+class PartResult:
+    """What one worker wrote for one stream."""
+
+    documents: Counter = field(default_factory=Counter)  # per split
+    tokens: Counter = field(default_factory=Counter)
+    samples: Counter = field(default_factory=Counter)
+    padding_tokens: Counter = field(default_factory=Counter)
+    dropped_tokens: Counter = field(default_factory=Counter)
+    stats: Stats = field(default_factory=Stats)
+
+
+def is_val(text: str, val_fraction: float) -> bool:
+    """Stable split: a document's blake2b hash decides, the same on every run and machine."""
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < val_fraction
+
+
+Report = Callable[[tuple[int, int, int]], None]  # (documents, tokens, bytes) done since the last report
+_report: Report | None = None  # set in each pool worker by _set_report
+
+
+def _convert_part(source: Source, root: Path, worker: int, options: Options, report: Report) -> PartResult:
+    tokenizer = load_tokenizer(options.tokenizer)
+    dtype = token_dtype(len(tokenizer))
+    columns = {"input_ids": f"ndarray:{dtype}:{options.max_seq_len}",
+               "token_type": f"ndarray:uint8:{options.max_seq_len}"}
+    result = PartResult()
+    packers = {split: Packer(options.max_seq_len, separator_id(tokenizer), tokenizer.pad_token_id,
+                             options.final_sample == "pad") for split in SPLITS}
+    writers = {split: MDSWriter(out=str(root / split / f"part-{worker:04d}"), columns=columns, compression="zstd",
+                                hashes=["xxh64"], size_limit=options.shard_size_limit) for split in SPLITS}
+
+    def write(split: str, samples) -> None:
+        for ids, types in samples:
+            writers[split].write({"input_ids": ids.astype(dtype), "token_type": types})
+            result.samples[split] += 1
+
+    def flush(batch: list[str]) -> None:
+        encoded = tokenize(tokenizer, batch)
+        for text, (ids, types) in zip(batch, encoded, strict=True):
+            split = "val" if is_val(text, options.val_fraction) else "train"
+            result.documents[split] += 1
+            result.tokens[split] += len(ids)
+            write(split, packers[split].add(ids, types))
+        report((len(batch), sum(len(ids) for ids, _ in encoded), sum(len(t) for t in batch)))
+
+    batch: list[str] = []
+    for index, text in enumerate(source.documents(result.stats)):
+        if index % options.workers != worker:
+            continue
+        batch.append(text)
+        if len(batch) == options.batch_documents:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    for split in SPLITS:
+        write(split, packers[split].finish())
+        result.padding_tokens[split] = packers[split].padding_tokens
+        result.dropped_tokens[split] = packers[split].dropped_tokens
+        writers[split].finish()
+    return result
+
+
+def _set_report(report: Report) -> None:
+    global _report
+    _report = report
+
+
+def _worker_entry(args: tuple) -> PartResult:
+    return _convert_part(*args, report=_report)
+
+
+def _run_workers(source: Source, root: Path, options: Options, description: str) -> list[PartResult]:
+    progress = tqdm(desc=description, unit=" docs", dynamic_ncols=True, mininterval=1.0)
+    start, tokens, nbytes = time.monotonic(), 0, 0
+
+    def update(done: tuple[int, int, int]) -> None:
+        nonlocal tokens, nbytes
+        docs, n_tokens, n_bytes = done
+        tokens, nbytes = tokens + n_tokens, nbytes + n_bytes
+        progress.update(docs)
+        elapsed = max(time.monotonic() - start, 1e-9)
+        progress.set_postfix(tokens=f"{tokens:,}", MB_s=f"{nbytes / elapsed / 1e6:.2f}", refresh=False)
+
+    if options.workers == 1:
+        results = [_convert_part(source, root, 0, options, update)]
+    else:
+        context = mp.get_context("fork")
+        queue = context.Queue()
+        with context.Pool(options.workers, initializer=_set_report, initargs=(queue.put,)) as pool:
+            pending = pool.map_async(_worker_entry, [(source, root, k, options) for k in range(options.workers)])
+            while not pending.ready() or not queue.empty():
+                try:
+                    update(queue.get(timeout=0.2))
+                except queue_module.Empty:
+                    pass
+            results = pending.get()
+    progress.close()
+    return results
+
+
+def _merge(split_dir: Path) -> None:
+    """One index.json over the workers' groups, in worker order (streaming's own log lines silenced)."""
+    indexes = sorted(str(p) for p in split_dir.glob("part-*/index.json"))
+    loggers = [logging.getLogger(), logging.getLogger("streaming")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        merge_index(indexes, str(split_dir))
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str, parts: list[PartResult]) -> dict:
+    skipped = parts[0].stats.skipped  # every worker reads every document; worker 0's reader counts are whole
+    return {
+        "format": MANIFEST_FORMAT,
+        "package_version": perceiver_stream.__version__,
+        "split": split,
+        "tokenizer": tokenizer_info,
+        "max_seq_len": options.max_seq_len,
+        "token_dtype": token_dtype(tokenizer_info["vocab_size"]),
+        "source": source.describe(),
+        "arguments": asdict(options),
+        "counts": {
+            "documents": sum(p.documents[split] for p in parts),
+            "tokens": sum(p.tokens[split] for p in parts),
+            "samples": sum(p.samples[split] for p in parts),
+            "padding_tokens": sum(p.padding_tokens[split] for p in parts),
+            "dropped_tokens": sum(p.dropped_tokens[split] for p in parts),
+        },
+        "source_counts": {
+            "documents_converted": sum(sum(p.documents.values()) for p in parts),
+            "documents_skipped": dict(sorted(skipped.items())),
+            "undecodable_bytes_replaced": parts[0].stats.replaced_bytes,
+        },
+    }
+
+
+def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: bool = False) -> dict[str, dict]:
+    """Convert each source to ``out/<stream>/{train,val}`` (``out/{train,val}`` for the stream ``"."``).
+
+    Returns the manifests by ``"<stream>/<split>"``.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--out {out}: exists and is not empty (pass --overwrite to replace it)")
+    tokenizer_info = describe(load_tokenizer(options.tokenizer), options.tokenizer)
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():
+        print(f"removing the unfinished output of an interrupted run: {partial}")
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
+    manifests = {}
+    start = time.monotonic()
+    for name, source in streams.items():
+        root = partial / name
+        parts = _run_workers(source, root, options, f"converting {name if name != '.' else out.name}")
+        for split in SPLITS:
+            split_dir = root / split
+            _merge(split_dir)
+            manifest = _manifest(source, options, tokenizer_info, split, parts)
+            (split_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            manifests[os.path.normpath(f"{name}/{split}")] = manifest
+    if out.exists():
+        trash = out.parent / f".{out.name}.replaced"
+        os.replace(out, trash)
+        os.replace(partial, out)
+        shutil.rmtree(trash)
+    else:
+        os.replace(partial, out)
+    _summary(manifests, out, time.monotonic() - start)
+    return manifests
+
+
+def _summary(manifests: dict[str, dict], out: Path, seconds: float) -> None:
+    tokens = sum(m["counts"]["tokens"] for m in manifests.values())
+    samples = ", ".join(f"{key} {m['counts']['samples']:,}" for key, m in manifests.items())
+    skipped: Counter = Counter()
+    for key, manifest in manifests.items():
+        if key.endswith("train"):
+            skipped.update(manifest["source_counts"]["documents_skipped"])
+    skipped_text = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
+    print(f"converted {tokens:,} tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tokens/s) "
+          f"-> samples: {samples}; skipped documents: {skipped_text}; output: {out}")
