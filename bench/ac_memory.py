@@ -4,8 +4,8 @@ Each variant runs in its own process (so one cannot reuse the other's freed memo
 activations dominate: base widths, 8 latent layers, batch 16, seq 512. On a GPU the peak is
 ``torch.cuda.max_memory_allocated``; on CPU it is the growth of the process's peak resident set during the
 step (model weights excluded), with glibc's mmap threshold fixed so freed tensors leave the resident set at
-once; otherwise the allocator keeps the pages of every recomputed layer and RSS shows no saving. Prints a last-line JSON object with
-``peak_mb_with``, ``peak_mb_without``, ``ratio`` (with / without; goal <= 0.6).
+once; otherwise the allocator keeps the pages of every recomputed layer and RSS shows no saving.
+Prints a last-line JSON object with ``peak_mb_with``, ``peak_mb_without``, ``ratio`` (with / without; goal <= 0.6).
 """
 
 from __future__ import annotations

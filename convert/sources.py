@@ -22,7 +22,11 @@ FORMATS = ("auto", "txt", "jsonl", "parquet", "wikiextractor", "gutenberg", "wik
 
 _WIKIEXTRACTOR_DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.DOTALL)
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF.*$", re.MULTILINE)
-_GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF.*$", re.MULTILINE)
+# Older eBooks end with "End of the Project Gutenberg Etext ..." or a "SMALL PRINT" licence instead.
+_GUTENBERG_END = re.compile(
+    r"^(\*\*\*\s*END OF|\*\*\*\s*START\*\*THE SMALL PRINT|End of (the )?Project Gutenberg)",
+    re.MULTILINE | re.IGNORECASE,
+)
 
 
 class InputError(ValueError):
@@ -106,7 +110,8 @@ def read_wikiextractor(path: Path, stats: Stats) -> Iterator[str]:
 def read_gutenberg(path: Path, stats: Stats) -> Iterator[str]:
     """The text between the ``*** START OF`` and ``*** END OF`` marker lines (licence and header dropped)."""
     text = decode(path.read_bytes(), stats)
-    start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
+    start = _GUTENBERG_START.search(text)
+    end = _GUTENBERG_END.search(text, start.end()) if start else None
     if start is None or end is None or end.start() < start.end():
         stats.skipped["gutenberg_without_markers"] += 1
         return

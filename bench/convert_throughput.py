@@ -1,0 +1,71 @@
+"""Conversion rate vs the bare tokenizer on the real corpora in ../shared.
+
+Converts the Wikipedia extracts + Gutenberg books with the xlnet tokenizer (``perceiver-convert text``
+internals, N workers), and times the same tokenizer's batched ``__call__`` over the same documents in N
+processes with nothing written (documents read beforehand, untimed). Prints a last-line JSON object with
+``convert_tokens_per_s``, ``tokenizer_only_tokens_per_s``, ``ratio`` (goal >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from convert.sources import Source, Stats, expand_inputs
+from convert.tokenizer import load_tokenizer
+from convert.writer import Options, convert
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+_documents: list[str] = []
+
+
+def _tokenize_share(args: tuple[str, int, int, int]) -> int:
+    tokenizer_path, worker, workers, batch_size = args
+    tokenizer = load_tokenizer(tokenizer_path)
+    share = _documents[worker::workers]
+    tokens = 0
+    for start in range(0, len(share), batch_size):
+        encoded = tokenizer(share[start:start + batch_size], add_special_tokens=False,
+                            return_attention_mask=False, return_token_type_ids=False)
+        tokens += sum(len(ids) for ids in encoded["input_ids"])
+    return tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--max-seq-len", type=int, default=512)
+    args = parser.parse_args()
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    tokenizer = str(SHARED / "tokenizers" / "xlnet-base-cased")
+    files = tuple(str(p) for p in expand_inputs([str(SHARED / "corpora" / "wikipedia"),
+                                                  str(SHARED / "corpora" / "books")]))
+    source = Source("files", files)
+    options = Options(tokenizer=tokenizer, max_seq_len=args.max_seq_len, workers=args.workers)
+
+    _documents.extend(source.documents(Stats()))
+    start = time.perf_counter()
+    with mp.get_context("fork").Pool(args.workers) as pool:
+        bare_tokens = sum(pool.map(_tokenize_share, [(tokenizer, k, args.workers, options.batch_documents)
+                                                     for k in range(args.workers)]))
+    bare_seconds = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        manifests = convert({".": source}, Path(tmp) / "out", options)
+        convert_seconds = time.perf_counter() - start
+    converted_tokens = sum(m["counts"]["tokens"] for m in manifests.values())
+    assert converted_tokens == bare_tokens, (converted_tokens, bare_tokens)
+    convert_rate, bare_rate = converted_tokens / convert_seconds, bare_tokens / bare_seconds
+    print(json.dumps({"workers": args.workers, "tokens": converted_tokens,
+                      "convert_tokens_per_s": round(convert_rate), "tokenizer_only_tokens_per_s": round(bare_rate),
+                      "ratio": round(convert_rate / bare_rate, 3)}))
+
+
+if __name__ == "__main__":
+    main()

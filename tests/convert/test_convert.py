@@ -1,0 +1,199 @@
+"""End-to-end conversion: determinism, manifests, safe output, the wikibook path, tokenizer training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streaming import StreamingDataset
+from streaming.base.util import clean_stale_shared_memory
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from convert.cli import main
+from convert.packing import PADDING, SPECIAL
+from convert.sources import Source, Stats
+from convert.tokenizer import fingerprint
+from convert.writer import Options, convert, is_val
+from tests.conftest import REPO, shared_path
+
+
+def xlnet() -> str:
+    return str(shared_path("tokenizers/xlnet-base-cased"))
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(*argv: str) -> None:
+    main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def wiki_files() -> list[str]:
+    return [str(shared_path("corpora/wikipedia/enwiki2021_wiki_00")),
+            str(shared_path("corpora/wikipedia/enwiki2021_wiki_01"))]
+
+
+def read_all(split: Path) -> list[dict]:
+    clean_stale_shared_memory()
+    dataset = StreamingDataset(local=str(split), shuffle=False, batch_size=1)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def test_conversion_is_deterministic_and_manifest_adds_up(tmp_path, wiki_files):
+    options = Options(tokenizer=xlnet(), max_seq_len=128, val_fraction=0.05, workers=2)
+    manifests = convert({".": Source("files", tuple(wiki_files))}, tmp_path / "a", options)
+    convert({".": Source("files", tuple(wiki_files))}, tmp_path / "b", options)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+
+    tokenizer = AutoTokenizer.from_pretrained(xlnet())
+    stats = Stats()
+    documents = list(Source("files", tuple(wiki_files)).documents(stats))
+    val_docs = sum(is_val(d, 0.05) for d in documents)
+    assert 0.03 < val_docs / len(documents) < 0.07
+    train, val = manifests["train"], manifests["val"]
+    assert (train["counts"]["documents"], val["counts"]["documents"]) == (len(documents) - val_docs, val_docs)
+    assert train["source_counts"]["documents_skipped"] == dict(stats.skipped)
+    assert train["tokenizer"]["fingerprint"] == fingerprint(tokenizer)
+    assert train["tokenizer"]["vocab_size"] == 32000 and train["token_dtype"] == "uint16"
+    assert train["tokenizer"]["mask_token_id"] == 6 and train["tokenizer"]["separator_token_id"] == 4
+    for manifest in (train, val):
+        counts = manifest["counts"]
+        separators = counts["documents"]
+        assert counts["samples"] * 128 == counts["tokens"] + separators + counts["padding_tokens"]
+
+    samples = read_all(tmp_path / "a" / "train")
+    assert len(samples) == train["counts"]["samples"]
+    assert samples[0]["input_ids"].dtype == np.uint16 and samples[0]["input_ids"].shape == (128,)
+    types = np.stack([s["token_type"] for s in samples])
+    ids = np.stack([s["input_ids"] for s in samples])
+    assert (ids[types == SPECIAL] == 4).all() and (types == SPECIAL).sum() == train["counts"]["documents"]
+    assert (ids[types == PADDING] == 5).all()
+
+
+def test_worker_count_changes_only_the_order(tmp_path, wiki_files):
+    one = convert({".": Source("files", tuple(wiki_files))}, tmp_path / "one",
+                  Options(tokenizer=xlnet(), max_seq_len=64, workers=1, val_fraction=0.1))
+    three = convert({".": Source("files", tuple(wiki_files))}, tmp_path / "three",
+                    Options(tokenizer=xlnet(), max_seq_len=64, workers=3, val_fraction=0.1))
+    for split in ("train", "val"):
+        assert one[split]["counts"]["tokens"] == three[split]["counts"]["tokens"]
+        assert one[split]["counts"]["documents"] == three[split]["counts"]["documents"]
+
+
+def test_non_empty_out_is_refused_unless_overwrite(tmp_path, wiki_files, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    args = ["text", "--input", wiki_files[0], "--tokenizer", xlnet(), "--out", out, "--workers", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*args)
+    assert exit_info.value.code == 2
+    assert f"--out {out}: exists and is not empty" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep me"
+    run_cli(*args, "--overwrite")
+    assert not (out / "precious.txt").exists() and (out / "train" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input", "/nonexistent/file.txt"], "--input /nonexistent/file.txt: no such file"),
+    (["--format", "jsonl"], "no --text-field 'text' in this record"),
+    (["--tokenizer", "/nonexistent/tokenizer"], "--tokenizer /nonexistent/tokenizer: cannot load"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, wiki_files, capsys, argv, message):
+    args = {"--input": wiki_files[0], "--tokenizer": xlnet(), "--out": str(tmp_path / "o"), "--workers": "1"}
+    if "--format" in argv:
+        (tmp_path / "d.jsonl").write_text('{"body": "x"}\n')
+        args["--input"] = str(tmp_path / "d.jsonl")
+    for key, value in zip(argv[::2], argv[1::2], strict=True):
+        args[key] = value
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("text", *[x for kv in args.items() for x in kv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_tokenizer_without_mask_token_is_refused(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({"a": 0, "<unk>": 1, "<pad>": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>").save_pretrained(
+        str(tmp_path / "tok"))
+    (tmp_path / "a.txt").write_text("a a a")
+    with pytest.raises(SystemExit):
+        run_cli("text", "--input", tmp_path / "a.txt", "--tokenizer", tmp_path / "tok", "--out", tmp_path / "o")
+    assert "has no mask_token, sep_token (or eos_token)" in capsys.readouterr().err
+
+
+def test_killed_conversion_leaves_nothing_that_looks_finished(tmp_path):
+    books = str(shared_path("corpora/books"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "convert", "text", "--input", books, "--tokenizer", xlnet(), "--out", str(out),
+           "--workers", "1"]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / ".out.partial"
+    deadline = time.monotonic() + 60
+    while not list(partial.glob("train/part-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # mid-conversion: tokenizing books, writing the MDS group
+    assert process.poll() is None
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert partial.exists() and not out.exists()
+    subprocess.run(cmd[:5] + [str(shared_path("corpora/books/" + sorted(os.listdir(books))[0]))] + cmd[6:],
+                   cwd=REPO, check=True, capture_output=True)
+    assert not partial.exists() and (out / "train" / "manifest.json").exists()
+
+
+def test_wikibook_writes_two_streams_from_the_hub_loader(tmp_path, monkeypatch, wiki_files):
+    import datasets
+
+    wiki = list(Source("files", tuple(wiki_files[:1])).documents(Stats()))[:200]
+    books = [line for line in (Path(wiki_files[1]).read_text().split("\n")) if len(line) > 40][:300]
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"text": wiki if name == "wikipedia" else books})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    run_cli("wikibook", "--tokenizer", xlnet(), "--out", tmp_path / "wb", "--workers", "1", "--max-seq-len", "128")
+    assert calls == [("wikipedia", "20220301.en", "train"), ("bookcorpus", "plain_text", "train")]
+    for stream, count in (("wikipedia", 200), ("bookcorpus", 300)):
+        manifests = [json.loads((tmp_path / "wb" / stream / s / "manifest.json").read_text()) for s in ("train", "val")]
+        assert manifests[0]["source"]["hub"] == stream
+        assert sum(m["counts"]["documents"] for m in manifests) == count
+
+
+def test_tokenizer_training_makes_a_loadable_fast_tokenizer(tmp_path, wiki_files):
+    run_cli("tokenizer", "--input", wiki_files[0], "--vocab-size", "2000", "--out", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert tokenizer.is_fast and len(tokenizer) == 2000
+    assert [tokenizer.pad_token, tokenizer.mask_token, tokenizer.cls_token, tokenizer.sep_token,
+            tokenizer.unk_token] == ["<pad>", "<mask>", "<cls>", "<sep>", "<unk>"]
+    text = "The album was released in 2019 by the band."
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer.decode(ids) == text and tokenizer.unk_token_id not in ids
+    assert tokenizer.convert_ids_to_tokens(ids)[0].startswith("\u2581")
+
+
+def test_inspect_shows_counts_and_word_boundaries(tmp_path, wiki_files, capsys):
+    run_cli("text", "--input", wiki_files[0], "--tokenizer", xlnet(), "--out", tmp_path / "o", "--workers", "1")
+    capsys.readouterr()
+    run_cli("inspect", tmp_path / "o")
+    out = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "o" / "train" / "manifest.json").read_text())
+    assert f"{manifest['counts']['samples']:>10,}" in out
+    assert " | " in out and "[<sep>]" in out

@@ -1,0 +1,121 @@
+"""Readers: every format, the real corpora, counted skips and clear errors naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from convert.sources import InputError, Source, Stats, expand_inputs, read_file, sniff_format
+from tests.conftest import shared_path
+
+BOOK = "\ufeffThe Project Gutenberg eBook of X\r\nLicence blah\r\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\r\n" \
+       "Chapter 1\r\nIt was a dark night.\r\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\r\nFull licence text\r\n"
+WIKI = '<doc id="1" url="u" title="Alpha">\nAlpha\n\nAlpha is a letter.\n</doc>\n' \
+       '<doc id="2" url="u" title="Stub">\nStub\n</doc>\n<doc id="3" url="u" title="Beta">\nBeta\nBeta text.\n</doc>\n'
+
+
+def docs(path, fmt="auto", text_field="text"):
+    stats = Stats()
+    return list(read_file(path, fmt, stats, text_field)), stats
+
+
+def test_gutenberg_keeps_only_the_text_between_markers(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_bytes(BOOK.encode())
+    assert sniff_format(path) == "gutenberg"
+    (text,), _ = docs(path)
+    assert text.strip() == "Chapter 1\nIt was a dark night."
+
+
+def test_old_gutenberg_end_markers(tmp_path):
+    path = tmp_path / "old.txt"
+    path.write_text("header\n*** START OF THE PROJECT GUTENBERG ETEXT OF X ***\nBody.\n"
+                    "End of The Project Gutenberg Etext of X\n***START**THE SMALL PRINT**\nlicence\n")
+    (text,), _ = docs(path, "gutenberg")
+    assert text.strip() == "Body."
+
+
+def test_gutenberg_without_markers_is_counted(tmp_path):
+    path = tmp_path / "b.txt"
+    path.write_text("no markers")
+    assert docs(path, "gutenberg") == ([], Stats(skipped={"gutenberg_without_markers": 1}))
+
+
+def test_wikiextractor_drops_titles_and_counts_stubs(tmp_path):
+    path = tmp_path / "wiki_00"
+    path.write_text(WIKI)
+    assert sniff_format(path) == "wikiextractor"
+    texts, stats = docs(path)
+    assert texts == ["Alpha is a letter.", "Beta text."]
+    assert stats.skipped == {"wikiextractor_stub": 1}
+
+
+def test_real_wikipedia_extract():
+    path = shared_path("corpora/wikipedia/enwiki2021_wiki_00")
+    texts, stats = docs(path)
+    raw = path.read_text()
+    assert len(texts) + stats.skipped["wikiextractor_stub"] == raw.count("<doc ")
+    assert stats.skipped["wikiextractor_stub"] > 0
+    assert not any("<doc" in t or "</doc>" in t for t in texts)
+
+
+def test_real_gutenberg_books_lose_their_licence():
+    books = sorted(shared_path("corpora/books").glob("*.txt"))
+    books = [b for b in books if "START OF" in b.read_text(encoding="utf-8-sig")[:100_000]]
+    assert len(books) >= 90
+    for book in books:
+        (text,), _ = docs(book, "gutenberg")
+        assert "*** START OF" not in text and "*** END OF" not in text
+        assert "Project Gutenberg License" not in text
+        assert "\r" not in text and not text.startswith("\ufeff")
+        assert len(text) > 10_000
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"caf\xe9 and \xff\xfe ok")
+    (text,), stats = docs(path, "txt")
+    assert text == "caf\ufffd and \ufffd\ufffd ok"
+    assert stats.replaced_bytes == 3
+
+
+def test_jsonl_and_its_errors(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"body": "one"}) + "\n\n" + json.dumps({"body": "two"}) + "\n")
+    assert docs(path, text_field="body")[0] == ["one", "two"]
+    with pytest.raises(InputError, match=r"d\.jsonl:1: no --text-field 'text'"):
+        docs(path)
+    path.write_text('{"text": "a"}\n{broken\n')
+    with pytest.raises(InputError, match=r"d\.jsonl:2: not a JSON object"):
+        docs(path)
+
+
+def test_parquet_and_missing_column(tmp_path):
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"content": ["x", None, "y"]}), path)
+    texts, stats = docs(path, text_field="content")
+    assert texts == ["x", "y"] and stats.skipped == {"null_text": 1}
+    with pytest.raises(InputError, match=r"d\.parquet: no --text-field 'text' column"):
+        docs(path)
+
+
+def test_empty_documents_are_skipped_and_counted(tmp_path):
+    (tmp_path / "a.txt").write_text("  \n ")
+    (tmp_path / "b.txt").write_text("real text")
+    stats = Stats()
+    source = Source("files", tuple(str(p) for p in expand_inputs([str(tmp_path)])), "txt")
+    assert list(source.documents(stats)) == ["real text"]
+    assert stats.skipped == {"empty": 1}
+
+
+def test_inputs_expand_globs_and_directories_and_name_missing_paths(tmp_path):
+    for name in ("b.txt", "a.txt", "sub/c.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(name)
+    assert [p.name for p in expand_inputs([str(tmp_path / "*.txt")])] == ["a.txt", "b.txt"]
+    assert [p.name for p in expand_inputs([str(tmp_path)])] == ["a.txt", "b.txt", "c.txt"]
+    with pytest.raises(InputError, match="--input .*nope.txt: no such file"):
+        expand_inputs([str(tmp_path / "nope.txt")])
