@@ -10,9 +10,8 @@ from streaming import StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
 from transformers import AutoTokenizer
 
-from convert.packing import PADDING, SPECIAL, WORD_START
 from convert.sources import InputError
-from convert.writer import MANIFEST
+from perceiver_stream.data.format import MANIFEST, PADDING, SPECIAL, WORD_START
 
 
 def find_splits(root: Path) -> list[Path]:

@@ -1,11 +1,6 @@
 """Tokenize documents with word boundaries and pack them into fixed-length samples.
 
-Each sample stores ``input_ids`` and ``token_type``, one code per token:
-
-- ``WORD_START`` (1): first token of a word (from the fast tokenizer's ``word_ids()``);
-- ``WORD_CONTINUATION`` (0): a later token of the same word;
-- ``SPECIAL`` (2): a separator or special token, never masked;
-- ``PADDING`` (3): padding after the final remainder, never attended to.
+Each sample stores ``input_ids`` and ``token_type`` (codes in ``perceiver_stream.data.format``).
 
 A word cut by a sample boundary starts a word again at the next sample's first token, so each part is a
 coherent word of its own and whole-word masking never masks half of a word.
@@ -18,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
-WORD_CONTINUATION, WORD_START, SPECIAL, PADDING = 0, 1, 2, 3
+from perceiver_stream.data.format import PADDING, SPECIAL, WORD_CONTINUATION, WORD_START
 
 
 def token_dtype(vocab_size: int) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from convert.sources import InputError
+from perceiver_stream.data.tokenizer import fingerprint
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<cls>", "<sep>", "<mask>")
 
@@ -33,13 +32,6 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
 def separator_id(tokenizer: PreTrainedTokenizerFast) -> int:
     """The token placed between concatenated documents."""
     return tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-
-
-def fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
-    """sha256 of the tokenizer's full serialized state (model, normalizer, pre-tokenizer, added tokens)."""
-    state = tokenizer.backend_tokenizer.to_str()
-    specials = json.dumps(tokenizer.special_tokens_map, sort_keys=True)
-    return hashlib.sha256((state + specials).encode()).hexdigest()
 
 
 def describe(tokenizer: PreTrainedTokenizerFast, name: str) -> dict:

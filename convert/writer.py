@@ -29,10 +29,7 @@ import perceiver_stream
 from convert.packing import Packer, token_dtype, tokenize
 from convert.sources import InputError, Source, Stats
 from convert.tokenizer import describe, load_tokenizer, separator_id
-
-SPLITS = ("train", "val")
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "perceiver-stream-mds/1"
+from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT, SPLITS
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from streaming.base.util import clean_stale_shared_memory
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from convert.cli import main
-from convert.packing import PADDING, SPECIAL
 from convert.sources import Source, Stats
-from convert.tokenizer import fingerprint
 from convert.writer import Options, convert, is_val
+from perceiver_stream.data.format import PADDING, SPECIAL
+from perceiver_stream.data.tokenizer import fingerprint
 from tests.conftest import REPO, shared_path
 
 

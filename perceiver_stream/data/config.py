@@ -1,0 +1,79 @@
+"""The ``data:`` section of the yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from perceiver_stream.data.masking import MaskingConfig
+
+
+@dataclass
+class StreamConfig:
+    """One stream of shards, as written by ``perceiver-convert`` (``train/`` and ``val/`` inside).
+
+    Attributes:
+        local: local directory holding (or caching) the stream's ``train`` and ``val`` splits.
+        remote: where the splits live when not local (any streaming remote: a path, ``s3://``, ``gs://``, ...).
+        proportion: share of each training epoch drawn from this stream (None: by size).
+    """
+
+    local: str
+    remote: str | None = None
+    proportion: float | None = None
+
+
+@dataclass
+class DataConfig:
+    """Streams, tokenizer, masking and loader settings (the blueprint's ``--data.*``).
+
+    Attributes:
+        tokenizer: hub name or local directory; shards must have been converted with exactly this tokenizer.
+        max_seq_len: tokens per sample; must equal the shards'.
+        streams: named streams, e.g. ``wikipedia`` and ``bookcorpus``.
+        masking: ``word`` (whole-word masking) or ``token``.
+        mask_prob, mask_replace_prob, random_replace_prob: see ``MaskingConfig``.
+        masking_seed: seed of the masks (None: the run's ``seed``).
+        shuffle, shuffle_algo, shuffle_seed, shuffle_block_size, num_canonical_nodes, predownload,
+            epoch_size, cache_limit, download_timeout, validate_hash: passed to ``StreamingDataset``
+            (``epoch_size`` and ``shuffle`` apply to training only).
+        verify_shards: before training, check that every local shard exists and matches its xxh64 hash.
+        num_workers, prefetch_factor, persistent_workers, pin_memory: ``DataLoader`` settings per device.
+    """
+
+    streams: dict[str, StreamConfig] = field(default_factory=dict)
+    tokenizer: str = "xlnet-base-cased"
+    max_seq_len: int = 512
+    masking: str = "word"
+    mask_prob: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    masking_seed: int | None = None
+    shuffle: bool = True
+    shuffle_algo: str = "py1e"
+    shuffle_seed: int = 9176
+    shuffle_block_size: int | None = None
+    num_canonical_nodes: int | None = None
+    predownload: int | None = None
+    epoch_size: int | None = None
+    cache_limit: str | None = None
+    download_timeout: float = 60.0
+    validate_hash: str | None = "xxh64"
+    verify_shards: bool = True
+    num_workers: int = 6
+    prefetch_factor: int = 2
+    persistent_workers: bool = True
+    pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        self.streams = {
+            name: StreamConfig(**s) if isinstance(s, dict) else s for name, s in (self.streams or {}).items()
+        }
+        if not self.streams:
+            raise ValueError("data.streams: at least one stream is needed (e.g. data.streams.wikipedia.local=DIR)")
+        proportions = [s.proportion for s in self.streams.values()]
+        if any(p is not None for p in proportions) and any(p is None for p in proportions):
+            raise ValueError("data.streams.*.proportion: give every stream a proportion, or none")
+        self.masking_config()
+
+    def masking_config(self) -> MaskingConfig:
+        return MaskingConfig(self.mask_prob, self.mask_replace_prob, self.random_replace_prob, self.masking)

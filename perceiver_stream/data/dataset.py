@@ -1,0 +1,161 @@
+"""StreamingDataset streams from the yaml, checked against their manifests, batched by the MLM collator."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.storage import CloudDownloader
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from perceiver_stream.data.config import DataConfig, StreamConfig
+from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT
+from perceiver_stream.data.masking import MLMCollator
+from perceiver_stream.data.tokenizer import fingerprint
+
+
+class DataError(ValueError):
+    """Shards that cannot be trained on as configured; the message names the stream, split and file."""
+
+
+class MLMStreamingDataset(StreamingDataset):
+    """A ``StreamingDataset`` whose records carry their global sample index and epoch.
+
+    The collator derives every mask from (seed, epoch, sample index), which is what makes masks independent
+    of workers, world size and resumption.
+    """
+
+    _epoch = 0
+
+    def _resume_incr_epoch(self) -> tuple[int, int]:
+        # Each worker resolves its epoch here; keep it (the shared next_epoch is written after a barrier).
+        epoch, sample_in_epoch = super()._resume_incr_epoch()
+        self._epoch = epoch
+        return epoch, sample_in_epoch
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
+        record = super().get_item(sample_id, retry)
+        return {"input_ids": record["input_ids"], "token_type": record["token_type"], "sample_idx": sample_id,
+                "epoch": self._epoch}
+
+
+@dataclass
+class DataInfo:
+    """The configured tokenizer and each stream's manifest by ``(stream, split)``."""
+
+    tokenizer: PreTrainedTokenizerFast
+    manifests: dict[tuple[str, str], dict]
+
+
+def _split_paths(stream: StreamConfig, split: str) -> tuple[str, str | None]:
+    remote = None if stream.remote is None else f"{stream.remote.rstrip('/')}/{split}"
+    return os.path.join(stream.local, split), remote
+
+
+def read_manifest(name: str, stream: StreamConfig, split: str, timeout: float) -> dict:
+    """The manifest of one split, fetched from the remote into the local directory when needed."""
+    local, remote = _split_paths(stream, split)
+    path = Path(local) / MANIFEST
+    if not path.exists() and remote is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            CloudDownloader.direct_download(f"{remote}/{MANIFEST}", str(path), timeout)
+        except Exception as e:  # every storage backend raises its own error type
+            raise DataError(f"stream {name!r} ({split}): cannot fetch {remote}/{MANIFEST}: {e}") from None
+    if not path.exists():
+        raise DataError(f"stream {name!r} ({split}): no {path}; convert the corpus with perceiver-convert and "
+                        f"point data.streams.{name}.local (or .remote) at its output")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"stream {name!r} ({split}): {path} has format {manifest.get('format')!r}, "
+                        f"expected {MANIFEST_FORMAT!r}")
+    return manifest
+
+
+def check_manifest(name: str, split: str, manifest: dict, cfg: DataConfig, tokenizer_fingerprint: str,
+                   vocab_size: int) -> None:
+    """Refuse shards converted with another tokenizer, vocabulary or sequence length."""
+    expected = {
+        "tokenizer fingerprint": (manifest["tokenizer"]["fingerprint"], tokenizer_fingerprint),
+        "vocab size": (manifest["tokenizer"]["vocab_size"], vocab_size),
+        "max_seq_len": (manifest["max_seq_len"], cfg.max_seq_len),
+    }
+    for what, (found, configured) in expected.items():
+        if found != configured:
+            raise DataError(
+                f"stream {name!r} ({split}): shards have {what} {found} (tokenizer "
+                f"{manifest['tokenizer']['name']!r}) but the configuration has {configured} (data.tokenizer="
+                f"{cfg.tokenizer!r}, data.max_seq_len={cfg.max_seq_len}); reconvert or fix the configuration"
+            )
+
+
+def verify_shards(name: str, split_dir: Path) -> int:
+    """Check that each shard listed in ``index.json`` exists and matches its xxh64 hash; returns the count."""
+    index_path = split_dir / "index.json"
+    if not index_path.exists():
+        raise DataError(f"stream {name!r}: missing {index_path}")
+    shards = json.loads(index_path.read_text())["shards"]
+    for shard in shards:
+        data = shard.get("zip_data") or shard["raw_data"]
+        path = split_dir / data["basename"]
+        if not path.exists():
+            raise DataError(f"stream {name!r}: missing shard {path}")
+        expected = data.get("hashes", {}).get("xxh64")
+        if expected is not None:
+            digest = xxhash.xxh64()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+            if digest.hexdigest() != expected:
+                raise DataError(f"stream {name!r}: shard {path} is corrupted (xxh64 {digest.hexdigest()}, "
+                                f"index.json says {expected})")
+    return len(shards)
+
+
+def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> DataInfo:
+    """Load the tokenizer and check every stream's manifests (and local shards) before anything heavy."""
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, use_fast=True)
+    tokenizer_fingerprint = fingerprint(tokenizer)
+    manifests = {}
+    for name, stream in cfg.streams.items():
+        for split in splits:
+            manifest = read_manifest(name, stream, split, cfg.download_timeout)
+            check_manifest(name, split, manifest, cfg, tokenizer_fingerprint, len(tokenizer))
+            local, remote = _split_paths(stream, split)
+            if cfg.verify_shards and remote is None:
+                verify_shards(name, Path(local))
+            manifests[(name, split)] = manifest
+    return DataInfo(tokenizer, manifests)
+
+
+def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: int, seed: int) -> StreamingDataLoader:
+    """A loader over ``split`` of every stream; ``batch_size`` is per device and also the dataset's."""
+    train = split == "train"
+    streams = []
+    for stream in cfg.streams.values():
+        local, remote = _split_paths(stream, split)
+        streams.append(Stream(local=local, remote=remote, proportion=stream.proportion if train else None))
+    dataset = MLMStreamingDataset(
+        streams=streams, batch_size=batch_size, shuffle=cfg.shuffle and train, shuffle_algo=cfg.shuffle_algo,
+        shuffle_seed=cfg.shuffle_seed, shuffle_block_size=cfg.shuffle_block_size,
+        num_canonical_nodes=cfg.num_canonical_nodes, predownload=cfg.predownload,
+        epoch_size=cfg.epoch_size if train else None, cache_limit=cfg.cache_limit,
+        download_timeout=cfg.download_timeout, validate_hash=cfg.validate_hash,
+    )
+    tokenizer = info.tokenizer
+    collator = MLMCollator(
+        cfg.masking_config(), tokenizer.mask_token_id, tokenizer.all_special_ids, len(tokenizer),
+        seed=seed if cfg.masking_seed is None else cfg.masking_seed,
+    )
+    workers = cfg.num_workers
+    return StreamingDataLoader(
+        dataset, batch_size=batch_size, collate_fn=collator, num_workers=workers, drop_last=train,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(), prefetch_factor=cfg.prefetch_factor if workers else None,
+        persistent_workers=cfg.persistent_workers and workers > 0,
+    )
