@@ -1,0 +1,103 @@
+"""Masking throughput: our collator vs transformers' maskers, and the whole streaming pipeline.
+
+Real corpora (../shared Wikipedia extracts) at seq 512, batches of 64:
+
+1. collator alone, samples/s: ours (whole-word), transformers' ``DataCollatorForLanguageModeling`` with
+   ``whole_word_mask=True`` (offset-mapping based; the same xlnet samples with their ``offset_mapping``;
+   it supports only ``mask_replace_prob=1.0, random_replace_prob=0.0``), the older
+   ``DataCollatorForWholeWordMask`` (BERT ``##`` tokenizers only: the same text tokenized with
+   bert-base-uncased), and the token-level ``DataCollatorForLanguageModeling``;
+2. the full pipeline (StreamingDataset over converted shards + our collator) with 1 worker, samples/s.
+
+Prints a last-line JSON object with ``collator_samples_per_s``, ``hf_wwm_samples_per_s`` (the faster HF
+whole-word masker), ``hf_token_samples_per_s``, ``pipeline_samples_per_s_per_worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from streaming.base.util import clean_stale_shared_memory
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
+
+from convert.sources import Source, Stats, expand_inputs
+from convert.writer import Options, convert
+from perceiver_stream.data import DataConfig, build_dataloader, prepare
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SEQ, BATCH = 512, 64
+
+
+def chunks(encodings, key: str) -> list[list]:
+    """Concatenate every document's ``key`` and cut it into SEQ-long samples."""
+    flat = [x for encoding in encodings for x in getattr(encoding, key)]
+    return [flat[i:i + SEQ] for i in range(0, len(flat) - SEQ + 1, SEQ)]
+
+
+def rate(collate: Callable[[list], object], features: list, seconds: float) -> float:
+    """Samples per second of ``collate`` over consecutive batches of ``features``, for about ``seconds``."""
+    batches = [features[i:i + BATCH] for i in range(0, len(features) - BATCH + 1, BATCH)]
+    collate(batches[0])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        collate(batches[done % len(batches)])
+        done += 1
+    return done * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="timing budget per collator")
+    args = parser.parse_args()
+    xlnet_path = str(SHARED / "tokenizers" / "xlnet-base-cased")
+    xlnet = AutoTokenizer.from_pretrained(xlnet_path)
+    bert = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers" / "bert-base-uncased"))
+    files = tuple(str(p) for p in expand_inputs([str(SHARED / "corpora" / "wikipedia" / "enwiki2015_wiki_0*")]))
+    texts = list(Source("files", files).documents(Stats()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        convert({"wiki": Source("files", files)}, Path(tmp) / "shards",
+                Options(tokenizer=xlnet_path, max_seq_len=SEQ, val_fraction=0.01, workers=2))
+        clean_stale_shared_memory()
+        cfg = DataConfig(streams={"wiki": {"local": str(Path(tmp) / "shards" / "wiki")}}, tokenizer=xlnet_path,
+                         max_seq_len=SEQ, num_workers=1)
+        info = prepare(cfg, ("train",))
+        loader = build_dataloader(cfg, info, "train", batch_size=BATCH, seed=0)
+        records = [loader.dataset[i] for i in range(len(loader.dataset))]
+        ours = rate(loader.collate_fn, records, args.seconds)
+        start, samples = time.perf_counter(), 0
+        for batch in loader:
+            samples += len(batch["input_ids"])
+        pipeline = samples / (time.perf_counter() - start)
+
+    xlnet_enc = xlnet(texts, add_special_tokens=False, return_offsets_mapping=True)
+    offset_features = [{"input_ids": ids, "offset_mapping": offsets} for ids, offsets in
+                       zip(chunks(xlnet_enc.encodings, "ids"), chunks(xlnet_enc.encodings, "offsets"), strict=True)]
+    token_features = [{"input_ids": f["input_ids"]} for f in offset_features]
+    bert_features = [{"input_ids": ids} for ids in chunks(bert(texts, add_special_tokens=False).encodings, "ids")]
+    hf_offset_wwm = rate(DataCollatorForLanguageModeling(xlnet, whole_word_mask=True, mask_replace_prob=1.0,
+                                                         random_replace_prob=0.0, return_tensors="pt"),
+                         offset_features, args.seconds)
+    hf_bert_wwm = rate(DataCollatorForWholeWordMask(bert, return_tensors="pt"), bert_features, args.seconds)
+    hf_token = rate(DataCollatorForLanguageModeling(xlnet, return_tensors="pt"), token_features, args.seconds)
+    hf_wwm = max(hf_offset_wwm, hf_bert_wwm)
+    print(json.dumps({
+        "samples": len(records),
+        "collator_samples_per_s": round(ours),
+        "hf_offset_wwm_samples_per_s": round(hf_offset_wwm),
+        "hf_bert_wwm_samples_per_s": round(hf_bert_wwm),
+        "hf_wwm_samples_per_s": round(hf_wwm),
+        "hf_token_samples_per_s": round(hf_token),
+        "pipeline_samples_per_s_per_worker": round(pipeline),
+        "vs_hf_wwm": round(ours / hf_wwm, 1),
+        "vs_hf_token": round(ours / hf_token, 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
