@@ -1,0 +1,71 @@
+"""The ``optimizer:`` section of the yaml: which optimizer, its hyperparameters, the weight-decay split."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from perceiver_stream.optim.lamb import Lamb
+
+# Parameters that are learned inputs rather than weights (see param_groups).
+NO_DECAY_PATTERNS = ("position_embedding", "latents", "output_queries")
+
+
+@dataclass
+class OptimizerConfig:
+    """Attributes:
+        name: ``lamb`` (the blueprint's) or ``adamw`` (for comparison).
+        lr, betas, eps, weight_decay: the usual; blueprint: lr 0.00125, weight decay 0.01.
+        clamp_value, adam, debias: Lamb only (see ``Lamb``).
+        no_weight_decay: regular expressions; a parameter whose name matches one gets no weight decay.
+            Parameters with fewer than 2 dimensions (biases, LayerNorm) never get any.
+    """
+
+    name: str = "lamb"
+    lr: float = 0.00125
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clamp_value: float = 10.0
+    adam: bool = False
+    debias: bool = False
+    no_weight_decay: list[str] = field(default_factory=lambda: list(NO_DECAY_PATTERNS))
+
+    def __post_init__(self) -> None:
+        if self.name not in ("lamb", "adamw"):
+            raise ValueError(f"optimizer.name={self.name!r}: expected 'lamb' or 'adamw'")
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_weight_decay: list[str]) -> list[dict]:
+    """Two groups: decayed weight matrices, and everything else with weight decay 0.
+
+    Following BERT and the Lamb paper, biases and LayerNorm gains/shifts (every parameter of fewer than
+    2 dimensions) are not decayed: shrinking them changes what a layer computes, not its capacity. By
+    default the learned position embedding, latents and output queries are not decayed either: they are
+    the model's learned inputs (each row is a position or a latent slot, all used at every step), and
+    decaying them pulls inputs towards zero rather than regularising a mapping. The token embedding is
+    decayed: tied to the output head, it is the classifier's weight matrix.
+    """
+    patterns = [re.compile(p) for p in no_weight_decay]
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or any(p.search(name) for p in patterns):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig,
+                    process_group: dist.ProcessGroup | None = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.no_weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, clamp_value=cfg.clamp_value, adam=cfg.adam,
+                debias=cfg.debias, process_group=process_group)

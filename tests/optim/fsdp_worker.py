@@ -1,0 +1,96 @@
+"""Run under ``torch.distributed.run --nproc_per_node 2``: optimizers on an FSDP2-sharded toy MLP (fully_shard
+per Linear, lr 0.01, 3 steps) vs a single-process run with the same global batch. Rank 0 writes the max
+|difference| of the full parameters for each to argv[1].
+
+float64, so the reduction-order noise of data parallelism (~1e-15) cannot hide a structural error.
+``torch_optimizer_local_shards`` is ``torch_optimizer.Lamb`` given the rank-local shards as plain tensors,
+which is what FSDP1 with ``use_orig_params`` hands an optimizer; ``torch_optimizer_dtensor`` gets the
+DTensors, whose ``torch.norm`` all-reduces (two blocking collectives per parameter per step).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+import torch_optimizer
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+
+from perceiver_stream.optim import Lamb
+
+STEPS, LR = 3, 0.01
+
+
+def make_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 4))
+    return model.double()
+
+
+class LocalShards(torch.optim.Optimizer):
+    """``torch_optimizer.Lamb`` over each rank's plain local shards (the FSDP1 ``use_orig_params`` view)."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        self.shards = [p.to_local().detach() for p in self.params]
+        self.inner = torch_optimizer.Lamb(self.shards, lr=LR, weight_decay=0.01)
+
+    def step(self, closure=None):
+        for p, shard in zip(self.params, self.shards, strict=True):
+            shard.grad = p.grad.to_local()
+        self.inner.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+
+def make_optimizer(name: str, params) -> torch.optim.Optimizer:
+    if name == "ours":
+        return Lamb(params, lr=LR, weight_decay=0.01)
+    if name == "torch_optimizer_dtensor":
+        return torch_optimizer.Lamb(params, lr=LR, weight_decay=0.01)
+    if name == "torch_optimizer_local_shards":
+        return LocalShards(params)
+    return torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    for step in range(STEPS):
+        loss = nn.functional.mse_loss(model(inputs[step]), targets[step])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(STEPS, 8 * world, 16, generator=generator, dtype=torch.float64)
+    targets = torch.randn(STEPS, 8 * world, 4, generator=generator, dtype=torch.float64)
+    local = slice(rank * 8, (rank + 1) * 8)
+    diffs = {}
+    for name in ("ours", "adamw", "torch_optimizer_dtensor", "torch_optimizer_local_shards"):
+        reference = make_model()  # unsharded: plain tensors, so torch_optimizer.Lamb is exact here
+        train(reference, make_optimizer(name.replace("_local_shards", "_dtensor"), reference.parameters()),
+              inputs, targets)
+        sharded = make_model()
+        for layer in sharded:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(sharded)
+        train(sharded, make_optimizer(name, sharded.parameters()), inputs[:, local], targets[:, local])
+        diffs[name] = max((p.full_tensor() - q).abs().max().item()
+                          for p, q in zip(sharded.parameters(), reference.parameters(), strict=True))
+    if rank == 0:
+        with open(sys.argv[1], "w") as f:
+            json.dump(diffs, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
