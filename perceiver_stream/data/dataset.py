@@ -157,5 +157,6 @@ def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: in
     return StreamingDataLoader(
         dataset, batch_size=batch_size, collate_fn=collator, num_workers=workers, drop_last=train,
         pin_memory=cfg.pin_memory and torch.cuda.is_available(),
-        prefetch_factor=cfg.prefetch_factor if workers else None, persistent_workers=cfg.persistent_workers and workers > 0,
+        prefetch_factor=cfg.prefetch_factor if workers else None,
+        persistent_workers=cfg.persistent_workers and workers > 0,
     )

@@ -125,7 +125,8 @@ def test_weight_decay_groups():
     assert "encoder.self_attention.0.attention.q_proj.weight" in decayed
     not_decayed = {names[id(p)] for p in no_decay["params"]}
     assert {"encoder.latents", "decoder.output_queries", "input_adapter.position_embedding.weight",
-            "output_bias", "encoder.self_attention.0.mlp.0.weight", "encoder.cross_attention.q_norm.bias"} <= not_decayed
+            "output_bias", "encoder.self_attention.0.mlp.0.weight",
+            "encoder.cross_attention.q_norm.bias"} <= not_decayed
     assert decayed.isdisjoint(not_decayed) and len(decayed) + len(not_decayed) == len(names)
     assert no_decay["weight_decay"] == 0.0
 
