@@ -78,7 +78,7 @@ def run(shape: str, steps: int, device: torch.device) -> dict:
     autocast = device.type == "cuda"
 
     def ours_loss() -> torch.Tensor:
-        out = ours.forward_labelled(batch["input_ids"], batch["labels"], batch["attention_mask"])
+        out = ours(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
         return F.cross_entropy(out.logits.float(), out.targets)
 
     def hf_loss() -> torch.Tensor:

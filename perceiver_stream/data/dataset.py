@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from perceiver_stream.data.config import DataConfig, StreamConfig
 from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT
 from perceiver_stream.data.masking import MLMCollator
 from perceiver_stream.data.tokenizer import fingerprint
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -127,10 +130,18 @@ def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> Data
         for split in splits:
             manifest = read_manifest(name, stream, split, cfg.download_timeout)
             check_manifest(name, split, manifest, cfg, tokenizer_fingerprint, len(tokenizer))
+            if manifest["counts"]["samples"] == 0:
+                if split == "train":
+                    raise DataError(f"stream {name!r} (train) has no samples: {manifest['counts']}")
+                log.warning("stream %r has no %s samples (its documents all fell in train); evaluating on the "
+                            "other streams", name, split)
+                continue
             local, remote = _split_paths(stream, split)
             if cfg.verify_shards and remote is None:
                 verify_shards(name, Path(local))
             manifests[(name, split)] = manifest
+    if "val" in splits and not any(split == "val" for _, split in manifests):
+        raise DataError("no stream has val samples; reconvert with a larger --val-fraction")
     return DataInfo(tokenizer, manifests)
 
 
@@ -138,7 +149,9 @@ def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: in
     """A loader over ``split`` of every stream; ``batch_size`` is per device and also the dataset's."""
     train = split == "train"
     streams = []
-    for stream in cfg.streams.values():
+    for name, stream in cfg.streams.items():
+        if (name, split) not in info.manifests:  # an empty split (see prepare)
+            continue
         local, remote = _split_paths(stream, split)
         streams.append(Stream(local=local, remote=remote, proportion=stream.proportion if train else None))
     dataset = MLMStreamingDataset(

@@ -45,7 +45,7 @@ class ComposerPerceiverMLM(ComposerModel):
         self.eval_metrics = {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy()}
 
     def forward(self, batch: Batch) -> MLMOutput:
-        return self.model.forward_labelled(batch["input_ids"], batch["labels"], batch.get("attention_mask"))
+        return self.model(batch["input_ids"], batch.get("attention_mask"), labels=batch["labels"])
 
     def loss(self, outputs: MLMOutput, batch: Batch, *args: Any, **kwargs: Any) -> torch.Tensor:
         return F.cross_entropy(outputs.logits.float(), outputs.targets)

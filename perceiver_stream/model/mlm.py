@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
@@ -23,17 +24,21 @@ class TextInputAdapter(nn.Module):
 
     The token lookup's gradient is sparse (one row per token, not a zero-filled vocab x C matrix): the tied
     output head always adds a dense gradient to the same weight, and autograd adds the sparse rows into it in
-    place, so ``.grad`` stays dense while a step saves two full passes over the embedding's memory.
+    place, so ``.grad`` stays dense while a step saves two full passes over the embedding's memory. The module
+    itself stays dense (``sparse=False``) so DDP expects the dense gradient it gets, and the sparse lookup is
+    used only on a plain leaf weight: FSDP1's ``use_orig_params`` views take the ordinary dense path.
     """
 
     def __init__(self, vocab_size: int, max_seq_len: int, num_channels: int):
         super().__init__()
-        self.token_embedding = nn.Embedding(vocab_size, num_channels, sparse=True)
+        self.token_embedding = nn.Embedding(vocab_size, num_channels)
         self.position_embedding = nn.Embedding(max_seq_len, num_channels)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        weight = self.token_embedding.weight
+        tokens = F.embedding(input_ids, weight, sparse=weight.is_leaf and weight.requires_grad)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.token_embedding(input_ids) + self.position_embedding(positions)
+        return tokens + self.position_embedding(positions)
 
 
 class PerceiverEncoder(nn.Module):
@@ -129,20 +134,26 @@ class PerceiverMLM(nn.Module):
         return self.encoder(self.input_adapter(input_ids), pad_mask)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.input_adapter.token_embedding.weight.T + self.output_bias
+        """Tied output head; the bias is fused into the matmul (one pass over the vocab-sized logits)."""
+        return F.linear(hidden, self.input_adapter.token_embedding.weight, self.output_bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-sequence logits (B, L, V), for inference and fill-mask."""
-        latents = self.encode(input_ids, attention_mask)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-        return self.logits(self.decoder(latents, positions))
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | MLMOutput:
+        """Full-sequence logits (B, L, V) for inference and fill-mask; with ``labels``, an ``MLMOutput`` with
+        logits only where ``labels`` != -100 (training).
 
-    def forward_labelled(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> MLMOutput:
-        """Logits only where ``labels`` != -100: the decoder and the vocabulary projection skip the ~85%
-        of positions that carry no loss, which is most of an MLM step's decoder cost."""
+        Both go through ``forward`` (``__call__``) so FSDP's hooks gather the parameters.
+        """
         latents = self.encode(input_ids, attention_mask)
+        if labels is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+            return self.logits(self.decoder(latents, positions))
+        return self._decode_labelled(latents, labels)
+
+    def _decode_labelled(self, latents: torch.Tensor, labels: torch.Tensor) -> MLMOutput:
+        """The decoder and the vocabulary projection skip the ~85% of positions that carry no loss, which is
+        most of an MLM step's decoder cost."""
         selected = labels != -100
         counts = selected.sum(dim=1)
         width = max(int(counts.max()), 1)

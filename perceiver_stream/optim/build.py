@@ -63,7 +63,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_weight_decay: list[st
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig,
-                    process_group: dist.ProcessGroup | None = None) -> torch.optim.Optimizer:
+                    process_group: dist.ProcessGroup | str | None = None) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.no_weight_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

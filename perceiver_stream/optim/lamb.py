@@ -14,7 +14,8 @@ The trust ratio ``r`` needs the norms of whole parameters. Under FSDP a rank hol
 norm here is computed from local squared sums that are all-reduced together: one all-reduce per step for
 all parameters, instead of one per parameter or, as in ``torch_optimizer.Lamb``, none (wrong ratios).
 Sharded parameters are recognised as DTensors (FSDP2); for FSDP1 with ``use_orig_params`` pass the
-sharding ``process_group``, over which every parameter is then assumed to be sharded.
+sharding ``process_group`` (``"world"``: the default group, resolved at the first step), over which every
+parameter is then assumed to be sharded; a rank holding no element of a parameter contributes zeros.
 
 Updates use ``torch._foreach_*`` over all parameters of a group; no Python loop issues per-parameter
 kernels in the hot path. The update is computed in place in one persistent scratch buffer the size of the
@@ -50,7 +51,7 @@ class Lamb(Optimizer):
         clamp_value: upper bound of the weight norm in the trust ratio.
         adam: use trust ratio 1 (Adam with the same update), for comparison.
         debias: apply Adam's bias correction.
-        process_group: FSDP1 sharding group, when parameters are plain-tensor shards (not DTensors).
+        process_group: FSDP1 sharding group (or ``"world"``), when parameters are plain-tensor shards.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class Lamb(Optimizer):
         clamp_value: float = 10.0,
         adam: bool = False,
         debias: bool = False,
-        process_group: dist.ProcessGroup | None = None,
+        process_group: dist.ProcessGroup | str | None = None,
     ):
         if lr <= 0.0:
             raise ValueError(f"optimizer.lr={lr}: must be positive")
@@ -102,7 +103,8 @@ class Lamb(Optimizer):
     def _all_reduce_squares(self, squares: torch.Tensor, sharded: list[bool], meshes: list) -> torch.Tensor:
         """Sum the local squared norms of sharded parameters across ranks: one all-reduce per group."""
         if self.process_group is not None:
-            dist.all_reduce(squares, group=self.process_group)
+            group = dist.group.WORLD if self.process_group == "world" else self.process_group
+            dist.all_reduce(squares, group=group)
             return squares
         groups: dict[int, tuple[dist.ProcessGroup, list[int]]] = {}
         for i, mesh in enumerate(meshes):
@@ -126,6 +128,13 @@ class Lamb(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
+            if self.process_group is not None:
+                # Every rank must all-reduce the same norms: FSDP1 leaves no gradient on a rank that holds
+                # no element of a parameter, so such parameters join with empty gradients.
+                for p in group["params"]:
+                    if p.grad is None and p.numel() == 0:
+                        p.grad = torch.zeros_like(p)
+                params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             if any(p.grad.is_sparse for p in params):

@@ -135,7 +135,7 @@ def test_labelled_decoding_equals_full_decode():
     full_grads = _gradients(model)
     model.zero_grad()
 
-    out = model.forward_labelled(input_ids, labels, attention_mask)
+    out = model(input_ids, attention_mask, labels=labels)
     assert out.logits.shape == (int((labels != -100).sum()), config.vocab_size)
     assert torch.equal(out.targets, labels[labels != -100])
     loss = F.cross_entropy(out.logits, out.targets)

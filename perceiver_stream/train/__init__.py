@@ -1,0 +1,1 @@
+"""The training entry point's pieces: run configuration, Trainer builder, callbacks, summary."""

@@ -1,0 +1,95 @@
+"""Our Composer callbacks: fill-mask predictions at every eval, and a per-batch log of sample identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from composer import Callback, Logger, State
+from composer.core import get_precision_context
+from composer.utils import dist
+from torch.nn.parallel import DistributedDataParallel
+from transformers import PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+
+class FillMaskTable(Callback):
+    """At the end of every evaluation, the model's top-5 tokens for each ``<mask>`` of a fixed list of
+    sentences, logged as a table (a ``wandb.Table`` with W&B) and to the console, so a dashboard shows what
+    the model has learned, not only its loss."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, sentences: list[str], top_k: int = 5):
+        self.tokenizer = tokenizer
+        self.sentences = [s.replace("<mask>", tokenizer.mask_token) for s in sentences]
+        self.top_k = top_k
+
+    @torch.no_grad()
+    def predictions(self, state: State) -> list[list[str]]:
+        encoded = self.tokenizer(self.sentences, add_special_tokens=False, padding=True, return_tensors="pt")
+        input_ids = state.device.tensor_to_device(encoded["input_ids"])
+        attention_mask = state.device.tensor_to_device(encoded["attention_mask"])
+        composer_model = state.model.module if isinstance(state.model, DistributedDataParallel) else state.model
+        module = composer_model.model
+        was_training = module.training
+        module.eval()
+        with get_precision_context(state.precision):
+            logits = module(input_ids, attention_mask)
+        module.train(was_training)
+        rows = []
+        for ids, row_logits in zip(input_ids, logits, strict=True):
+            positions = (ids == self.tokenizer.mask_token_id).nonzero().flatten()
+            top = row_logits[positions].float().topk(self.top_k, dim=-1).indices.cpu()
+            rows.append([" / ".join(self.tokenizer.convert_ids_to_tokens(t.tolist())) for t in top])
+        return rows
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        if not self.sentences:
+            return
+        rows = [[sentence, " | ".join(predicted)] for sentence, predicted in
+                zip(self.sentences, self.predictions(state), strict=True)]
+        logger.log_table(columns=["sentence", f"top-{self.top_k} per mask"], rows=rows, name="fill_mask",
+                         step=int(state.timestamp.batch))
+        for sentence, predicted in rows:
+            log.info("fill-mask %s -> %s", sentence, predicted)
+
+
+def sample_digest(input_ids: torch.Tensor, labels: torch.Tensor) -> str:
+    """A short hash of one sample's masked ids and labels: equal digests mean equal masks."""
+    data = input_ids.cpu().numpy().tobytes() + labels.cpu().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+class SampleLog(Callback):
+    """Appends, for every global batch, the global sample indices and a digest of each sample's masks
+    (all ranks, in rank order) to a JSONL file. Sample identity then comes from the data itself, so a resumed
+    or re-sharded run can be compared with a reference batch by batch."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def before_forward(self, state: State, logger: Logger) -> None:
+        # Called per micro-batch; the first micro-batch of a batch marks its start.
+        if int(state.timestamp.batch) == getattr(self, "_last_batch", None):
+            return
+        self._last_batch = int(state.timestamp.batch)
+        self._rows: list[tuple[int, str]] = []
+
+    def after_forward(self, state: State, logger: Logger) -> None:
+        batch = state.batch
+        self._rows += [(int(i), sample_digest(ids, labels)) for i, ids, labels in
+                       zip(batch["sample_idx"], batch["input_ids"], batch["labels"], strict=True)]
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        gathered = dist.all_gather_object(self._rows)
+        if dist.get_global_rank() == 0:
+            rows = [row for rank_rows in gathered for row in rank_rows]
+            record = {"batch": int(state.timestamp.batch), "epoch": int(state.timestamp.epoch),
+                      "samples": [i for i, _ in rows], "digests": [d for _, d in rows],
+                      "loss": float(state.loss) if isinstance(state.loss, torch.Tensor) else None}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")

@@ -1,0 +1,197 @@
+"""The run configuration: what ``yamls/*.yaml`` hold, with Composer's names for trainer settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from perceiver_stream.data.config import DataConfig
+from perceiver_stream.model.config import PerceiverMLMConfig
+from perceiver_stream.optim.build import OptimizerConfig
+
+SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+
+
+@dataclass
+class SchedulerConfig:
+    """Attributes:
+        name: ``constant_with_warmup`` (linear warmup, then constant: the blueprint's) or
+            ``cosine_with_warmup`` (linear warmup, then cosine decay to ``alpha_f * lr``: the paper's option).
+        t_warmup: warmup duration in Composer's time units (``1000ba``: 1,000 batches).
+        alpha_f: final learning rate as a fraction of the peak (cosine only).
+    """
+
+    name: str = "constant_with_warmup"
+    t_warmup: str = "1000ba"
+    alpha_f: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in ("constant_with_warmup", "cosine_with_warmup"):
+            raise ValueError(f"scheduler.name={self.name!r}: expected constant_with_warmup or cosine_with_warmup")
+
+
+@dataclass
+class FSDPSettings:
+    """Sharded data parallelism (Composer's FSDP).
+
+    Attributes:
+        version: 1 (FSDP1, GPUs only in Composer 0.32.1) or 2 (FSDP2, also on CPU with gloo).
+        sharding_strategy: FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD (FSDP1; FSDP2 maps FULL_SHARD
+            to resharding after forward and SHARD_GRAD_OP to keeping parameters gathered).
+        mixed_precision: Composer's FSDP mixed-precision preset (DEFAULT, PURE, FULL).
+        state_dict_type: ``full`` or ``sharded`` checkpoints.
+        activation_checkpointing, activation_cpu_offload: the same settings as
+            ``model.activation_checkpointing`` / ``model.activation_offloading``; leave them unset (null)
+            to follow the model, since they are one setting. A contradicting value is an error.
+        cpu_offload: parameter offload; Composer 0.32.1 has none, so true is an error.
+    """
+
+    version: int = 2
+    sharding_strategy: str = "FULL_SHARD"
+    mixed_precision: str = "DEFAULT"
+    state_dict_type: str = "full"
+    activation_checkpointing: bool | None = None
+    activation_cpu_offload: bool | None = None
+    cpu_offload: bool = False
+
+    def __post_init__(self) -> None:
+        if self.version not in (1, 2):
+            raise ValueError(f"parallelism.fsdp.version={self.version}: expected 1 or 2")
+        if self.sharding_strategy not in SHARDING_STRATEGIES:
+            raise ValueError(f"parallelism.fsdp.sharding_strategy={self.sharding_strategy!r}: expected one of "
+                             f"{', '.join(SHARDING_STRATEGIES)}")
+        if self.state_dict_type not in ("full", "sharded"):
+            raise ValueError(f"parallelism.fsdp.state_dict_type={self.state_dict_type!r}: expected full or sharded")
+        if self.cpu_offload:
+            raise ValueError(
+                "parallelism.fsdp.cpu_offload=true: Composer 0.32.1 has no FSDP parameter offload ('not supported "
+                "yet'); to save GPU memory offload activations with model.activation_offloading=true"
+            )
+
+
+@dataclass
+class ParallelismSettings:
+    """``fsdp: null`` (the default for one device) trains with DDP across devices."""
+
+    fsdp: FSDPSettings | None = None
+
+
+@dataclass
+class WandBSettings:
+    project: str = "perceiver-stream"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TensorBoardSettings:
+    log_dir: str = "logs/mlm"
+    flush_interval: int = 100
+
+
+@dataclass
+class LoggerSettings:
+    """Any logger is switched off with ``loggers.<name>=null``."""
+
+    wandb: WandBSettings | None = None
+    tensorboard: TensorBoardSettings | None = None
+
+
+@dataclass
+class CallbackSettings:
+    """Attributes:
+        speed_monitor_window: batches SpeedMonitor averages throughput and MFU over.
+        fill_mask_sentences: sentences with ``<mask>`` whose predictions are logged at every eval.
+        sample_log: a JSONL file recording the global sample indices of every batch (a debugging aid for
+            resumption; null: off).
+    """
+
+    speed_monitor_window: int = 100
+    fill_mask_sentences: list[str] = field(default_factory=lambda: [
+        "The capital of France is <mask>.",
+        "The river flows into the <mask> Sea.",
+        "She was born in 1950 and <mask> in 2010.",
+        "The book was written by a famous <mask>.",
+    ])
+    sample_log: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Trainer settings use Composer's names (as llm-foundry does)."""
+
+    model: PerceiverMLMConfig
+    data: DataConfig
+    run_name: str = "perceiver-mlm"
+    seed: int = 17
+    max_duration: str = "500000ba"
+    eval_interval: str = "1ep"
+    eval_subset_num_batches: int = -1
+    eval_first: bool = False
+    global_train_batch_size: int = 2048
+    device_train_microbatch_size: int = 128
+    device_eval_batch_size: int = 128
+    precision: str = "amp_bf16"
+    grad_clip_norm: float | None = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallelism: ParallelismSettings = field(default_factory=ParallelismSettings)
+    save_folder: str | None = None
+    save_interval: str = "1000ba"
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False
+    autoresume: bool = False
+    load_path: str | None = None
+    console_log_interval: str = "100ba"
+    progress_bar: bool = True
+    loggers: LoggerSettings = field(default_factory=LoggerSettings)
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    dist_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "amp_bf16", "amp_fp16"):
+            raise ValueError(f"precision={self.precision!r}: expected fp32, amp_bf16 or amp_fp16")
+        if self.autoresume and (self.save_folder is None or not self.run_name):
+            raise ValueError("autoresume=true needs save_folder and run_name (the run is found by its name)")
+        if self.model.max_seq_len < self.data.max_seq_len:
+            raise ValueError(f"model.max_seq_len={self.model.max_seq_len} is smaller than "
+                             f"data.max_seq_len={self.data.max_seq_len}")
+        fsdp = self.parallelism.fsdp
+        if fsdp is not None:
+            for fsdp_key, model_key in (("activation_checkpointing", "activation_checkpointing"),
+                                        ("activation_cpu_offload", "activation_offloading")):
+                value = getattr(fsdp, fsdp_key)
+                if value is not None and value != getattr(self.model, model_key):
+                    raise ValueError(
+                        f"parallelism.fsdp.{fsdp_key}={value} contradicts model.{model_key}="
+                        f"{getattr(self.model, model_key)}: they are one setting; set model.{model_key} and leave "
+                        f"parallelism.fsdp.{fsdp_key} unset"
+                    )
+
+
+@dataclass
+class BatchPlan:
+    """How the global batch splits over devices and micro-batches."""
+
+    devices: int
+    device_batch_size: int
+    microbatch_size: int
+
+    @property
+    def accumulation_steps(self) -> int:
+        return -(-self.device_batch_size // self.microbatch_size)
+
+
+def batch_plan(cfg: TrainConfig, world_size: int) -> BatchPlan:
+    """The per-device batch of ``global_train_batch_size`` on ``world_size`` devices, or a clear error."""
+    if cfg.global_train_batch_size % world_size:
+        raise ValueError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the "
+                         f"{world_size} devices of this run")
+    device_batch = cfg.global_train_batch_size // world_size
+    microbatch = min(cfg.device_train_microbatch_size, device_batch)  # more devices, same yaml: no accumulation
+    if device_batch % microbatch:
+        raise ValueError(f"device_train_microbatch_size={cfg.device_train_microbatch_size} does not divide the "
+                         f"per-device batch {device_batch} (global_train_batch_size={cfg.global_train_batch_size} "
+                         f"on {world_size} devices)")
+    return BatchPlan(world_size, device_batch, microbatch)

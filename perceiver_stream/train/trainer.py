@@ -1,0 +1,151 @@
+"""Build a Composer ``Trainer`` from a ``TrainConfig``: model, data, Lamb, schedule, parallelism, loggers."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from composer import Trainer
+from composer.algorithms import GradientClipping
+from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
+from composer.core import Evaluator
+from composer.loggers import TensorboardLogger, WandBLogger
+from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler
+from composer.utils.parallelism import FSDP2Config, FSDPConfig
+from streaming.base.util import clean_stale_shared_memory
+
+from perceiver_stream.config import to_dict
+from perceiver_stream.data import DataInfo, build_dataloader, prepare
+from perceiver_stream.model.composer_model import ComposerPerceiverMLM
+from perceiver_stream.optim import build_optimizer
+from perceiver_stream.train.callbacks import FillMaskTable, SampleLog
+from perceiver_stream.train.config import TrainConfig, batch_plan
+
+log = logging.getLogger(__name__)
+
+
+def world_size() -> int:
+    """Devices of this run, as the ``composer`` launcher announces them (before dist is initialised)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def device_name() -> str:
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """Settings this machine cannot run, refused with the fix."""
+    if device_name() == "cpu":
+        if cfg.precision != "fp32":
+            raise ValueError(f"precision={cfg.precision} needs a GPU; use precision=fp32 on CPU")
+        if cfg.parallelism.fsdp is not None and cfg.parallelism.fsdp.version == 1:
+            raise ValueError("parallelism.fsdp.version=1 needs GPUs (Composer 0.32.1's FSDP1 calls "
+                             "torch.cuda.current_device()); use parallelism.fsdp.version=2 on CPU")
+
+
+def parallelism_config(cfg: TrainConfig) -> dict | None:
+    fsdp = cfg.parallelism.fsdp
+    if fsdp is None:
+        return None
+    checkpointing, offload = cfg.model.activation_checkpointing, cfg.model.activation_offloading
+    if fsdp.version == 1:
+        return {"fsdp": FSDPConfig(
+            sharding_strategy=fsdp.sharding_strategy, mixed_precision=fsdp.mixed_precision,
+            state_dict_type=fsdp.state_dict_type, activation_checkpointing=checkpointing,
+            activation_checkpointing_reentrant=False, activation_cpu_offload=offload, use_orig_params=True,
+        )}
+    return {"fsdp": FSDP2Config(
+        reshard_after_forward=fsdp.sharding_strategy != "SHARD_GRAD_OP", mixed_precision=fsdp.mixed_precision,
+        state_dict_type="sharded" if fsdp.state_dict_type == "sharded" else "full",
+        activation_checkpointing=checkpointing, activation_cpu_offload=offload,
+    )}
+
+
+def build_loggers(cfg: TrainConfig, info: DataInfo) -> list:
+    loggers = []
+    if cfg.loggers.tensorboard is not None:
+        loggers.append(TensorboardLogger(log_dir=cfg.loggers.tensorboard.log_dir,
+                                         flush_interval=cfg.loggers.tensorboard.flush_interval))
+    if cfg.loggers.wandb is not None:
+        w = cfg.loggers.wandb
+        init_kwargs = {"config": run_record(cfg, info)}
+        if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
+            # wandb 0.18.7 asks the server whether it accepts client ids each time a Table is logged, even
+            # offline, and retries forever without a network (wandb/wandb#8957); this setting skips the check.
+            init_kwargs["settings"] = {"allow_offline_artifacts": False}
+        loggers.append(WandBLogger(project=w.project, entity=w.entity, name=w.name or cfg.run_name, group=w.group,
+                                   tags=w.tags or None, init_kwargs=init_kwargs))
+    return loggers
+
+
+def run_record(cfg: TrainConfig, info: DataInfo) -> dict:
+    """The config and the data manifests, as logged with the run."""
+    return {"config": to_dict(cfg),
+            "data_manifests": {f"{stream}/{split}": m for (stream, split), m in info.manifests.items()}}
+
+
+def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
+    callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
+                 OptimizerMonitor(), FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences)]
+    if torch.cuda.is_available():
+        callbacks.append(MemoryMonitor())
+    if cfg.callbacks.sample_log:
+        callbacks.append(SampleLog(cfg.callbacks.sample_log))
+    return callbacks
+
+
+def build_trainer(cfg: TrainConfig) -> Trainer:
+    """Everything checked first (environment, batch plan, shards), then the Trainer."""
+    check_environment(cfg)
+    plan = batch_plan(cfg, world_size())
+    clean_stale_shared_memory()  # every rank: local rank 0 cleans while the others wait at its barrier
+    info = prepare(cfg.data)
+    if cfg.model.vocab_size != len(info.tokenizer):
+        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "
+                         f"{len(info.tokenizer)} tokens")
+    train_loader = build_dataloader(cfg.data, info, "train", plan.device_batch_size, cfg.seed)
+    eval_loader = build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed)
+
+    fsdp = cfg.parallelism.fsdp
+    model = ComposerPerceiverMLM(cfg.model, wrap_activation_checkpointing=fsdp is None)
+    process_group = "world" if fsdp is not None and fsdp.version == 1 else None
+    optimizer = build_optimizer(model, cfg.optimizer, process_group=process_group)
+    if cfg.scheduler.name == "constant_with_warmup":
+        scheduler = ConstantWithWarmupScheduler(t_warmup=cfg.scheduler.t_warmup)
+    else:
+        scheduler = CosineAnnealingWithWarmupScheduler(t_warmup=cfg.scheduler.t_warmup, alpha_f=cfg.scheduler.alpha_f)
+    algorithms = [] if cfg.grad_clip_norm is None else [
+        GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)]
+    trainer = Trainer(
+        run_name=cfg.run_name,
+        model=model,
+        train_dataloader=train_loader,
+        eval_dataloader=Evaluator(label="eval", dataloader=eval_loader,
+                                  metric_names=["MaskedAccuracy", "LanguageCrossEntropy"]),
+        eval_interval=cfg.eval_interval,
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        optimizers=optimizer,
+        schedulers=scheduler,
+        algorithms=algorithms,
+        max_duration=cfg.max_duration,
+        device=device_name(),
+        device_train_microbatch_size=plan.microbatch_size,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        parallelism_config=parallelism_config(cfg),
+        save_folder=cfg.save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        autoresume=cfg.autoresume,
+        load_path=cfg.load_path,
+        loggers=build_loggers(cfg, info),
+        callbacks=build_callbacks(cfg, info),
+        console_log_interval=cfg.console_log_interval,
+        progress_bar=cfg.progress_bar,
+        log_to_console=not cfg.progress_bar,
+        dist_timeout=cfg.dist_timeout,
+    )
+    trainer.logger.log_hyperparameters(run_record(cfg, info))
+    return trainer

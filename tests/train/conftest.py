@@ -1,0 +1,40 @@
+"""Tiny real shards (Wikipedia + books, xlnet, seq 128) for the training tests, converted once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from convert.sources import Source
+from convert.writer import Options, convert
+from tests.conftest import REPO, shared_path
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "tiny-shards"
+    if not root.exists():
+        tokenizer = str(shared_path("tokenizers/xlnet-base-cased"))
+        wiki = tuple(str(shared_path(f"corpora/wikipedia/enwiki2015_wiki_0{i}")) for i in range(4))
+        books = tuple(str(p) for p in sorted(shared_path("corpora/books").glob("*.txt"))[:24])
+        convert({"wikipedia": Source("files", wiki), "bookcorpus": Source("files", books, "gutenberg")}, root,
+                Options(tokenizer=tokenizer, max_seq_len=128, val_fraction=0.05, workers=2))
+    return root
+
+
+def tiny_overrides(shards: Path, tmp_path: Path, **extra) -> list[str]:
+    """Overrides pointing mlm_tiny at the test shards and a private log/checkpoint location."""
+    settings = {
+        "data.streams.wikipedia.local": shards / "wikipedia",
+        "data.streams.bookcorpus.local": shards / "bookcorpus",
+        "data.tokenizer": shared_path("tokenizers/xlnet-base-cased"),
+        "loggers.tensorboard.log_dir": tmp_path / "tb",
+        "progress_bar": "false",
+    }
+    settings.update(extra)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+TRAIN = str(REPO / "train.py")
+TINY = str(REPO / "yamls" / "mlm_tiny.yaml")

@@ -1,0 +1,127 @@
+"""`composer train.py yamls/mlm_tiny.yaml`: DDP and FSDP2 on CPU, configuration errors, W&B offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REPO, shared_path
+from tests.train.conftest import TINY, TRAIN, tiny_overrides
+
+
+def run(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def composer(n: int) -> list[str]:
+    return [sys.executable, "-m", "composer.cli.launcher", "-n", str(n)]  # random free master port
+
+
+def eval_losses(log_dir: Path) -> list[tuple[int, float]]:
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return [(e.step, e.value) for e in accumulator.Scalars("metrics/eval/LanguageCrossEntropy")]
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp2"])
+def test_two_process_training_learns(tiny_shards, tmp_path, parallelism):
+    extra = {"max_duration": "80ba", "eval_interval": "80ba", "eval_first": "true",
+             "eval_subset_num_batches": 2, "global_train_batch_size": 32, "data.num_workers": 0}
+    if parallelism == "fsdp2":
+        extra.update({"parallelism.fsdp.version": 2, "model.activation_checkpointing": "true"})
+    overrides = tiny_overrides(tiny_shards, tmp_path, **extra)
+    # two processes on two cores: one thread each, or they thrash
+    result = run(composer(2) + [TRAIN, TINY, *overrides], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = eval_losses(tmp_path / "tb" / "mlm-tiny")  # Composer writes under log_dir/run_name
+    assert [step for step, _ in losses] == [0, 80]
+    start, end = losses[0][1], losses[-1][1]
+    assert start > 9.5  # ln(32000) = 10.4 at initialisation
+    assert end < start - 2.0, losses
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lrr=0.1", "unknown key optimizer.lrr; did you mean optimizer.lr?"),
+    ("device_train_microbatch_size=12", "device_train_microbatch_size=12 does not divide the per-device batch 32"),
+    ("model.encoder.num_self_attention_heads=four", "model.encoder.num_self_attention_heads='four': expected int"),
+])
+def test_config_errors_are_one_line(tiny_shards, tmp_path, override, message):
+    result = run([sys.executable, TRAIN, TINY, *tiny_overrides(tiny_shards, tmp_path), override])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"train.py: error: {result.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in result.stderr
+
+
+def test_non_dividing_global_batch_on_two_processes(tiny_shards, tmp_path):
+    result = run(composer(2) + [TRAIN, TINY, *tiny_overrides(tiny_shards, tmp_path), "global_train_batch_size=33"])
+    assert result.returncode != 0
+    assert "global_train_batch_size=33 is not divisible by the 2 devices of this run" in result.stderr
+
+
+def test_shards_of_another_tokenizer_are_refused(tiny_shards, tmp_path):
+    bert = shared_path("tokenizers/bert-base-uncased")
+    result = run([sys.executable, TRAIN, TINY, *tiny_overrides(tiny_shards, tmp_path), f"data.tokenizer={bert}",
+                  "model.vocab_size=30522"])
+    assert result.returncode == 2
+    assert "stream 'wikipedia' (train): shards have tokenizer fingerprint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_summary_prints_the_plan(tiny_shards, tmp_path):
+    result = run([sys.executable, TRAIN, TINY, *tiny_overrides(tiny_shards, tmp_path), "--summary"])
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tiny_shards / "wikipedia" / "train" / "manifest.json").read_text())
+    assert f"wikipedia/train proportion 0.5: {manifest['counts']['tokens']:,} tokens" in result.stdout
+    assert "batch plan: 1 device(s) x 32 per device = 32 global; micro-batch 32, 1 accumulation step(s)" \
+        in result.stdout
+    base = run([sys.executable, TRAIN, str(REPO / "yamls" / "mlm_base.yaml"), "--summary"])
+    assert "model: 223,155,456 parameters" in base.stdout
+    assert "parallelism: FSDP1 FULL_SHARD" in base.stdout
+
+
+def wandb_records(run_dir: Path) -> tuple[set[str], dict[str, str]]:
+    """History keys and config items of an offline run, read from its ``run-*.wandb`` record log."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal.datastore import DataStore
+
+    (path,) = run_dir.glob("run-*.wandb")
+    store = DataStore()
+    store.open_for_scan(str(path))
+    history, config = set(), {}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif record.WhichOneof("record_type") == "config":
+            config |= {item.key: item.value_json for item in record.config.update}
+    return history, config
+
+
+def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_path):
+    overrides = tiny_overrides(tiny_shards, tmp_path, max_duration="20ba", eval_interval="20ba",
+                               eval_subset_num_batches=1, **{"loggers.wandb.project": "test",
+                                                              "loggers.tensorboard": "null",
+                                                              "callbacks.speed_monitor_window": 5})
+    result = run([sys.executable, TRAIN, TINY, *overrides],
+                 env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    history, config = wandb_records(run_dir)
+    for key in ("loss/train/total", "metrics/train/MaskedAccuracy", "metrics/eval/MaskedAccuracy",
+                "metrics/eval/LanguageCrossEntropy", "throughput/samples_per_sec", "lr-Lamb/group0",
+                "fill_mask/_type", "l2_norm/grad/global"):
+        assert key in history, key
+    (table,) = (run_dir / "files" / "media" / "table").glob("fill_mask_20_*.table.json")
+    rows = json.loads(table.read_text())["data"]
+    assert rows[0][0] == "The capital of France is <mask>." and len(rows[0][1].split(" / ")) == 5
+    assert json.loads(config["data_manifests"])["wikipedia/train"]["tokenizer"]["vocab_size"] == 32000
+    assert json.loads(config["config"])["optimizer"]["name"] == "lamb"
+    assert not (tmp_path / "tb").exists()

@@ -1,0 +1,45 @@
+"""Train a Perceiver IO MLM: ``composer train.py yamls/mlm_base.yaml [key=value ...]``.
+
+``python train.py CONFIG [key=value ...]`` runs one process; ``--summary`` prints the resolved plan
+(parameters, FLOPs per sample, batch plan, streams, parallelism) and exits without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from perceiver_stream.config import ConfigError, build, load
+from perceiver_stream.data import DataError
+from perceiver_stream.train.config import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="yaml file, e.g. yamls/mlm_base.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (omegaconf dot-list; key=null: off)")
+    parser.add_argument("--summary", action="store_true", help="print the plan and exit")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = build(TrainConfig, load(args.config, args.overrides))
+        from perceiver_stream.train.trainer import build_trainer, world_size
+
+        if args.summary:
+            from perceiver_stream.train.summary import summary
+
+            print(summary(cfg, world_size()))
+            return
+        trainer = build_trainer(cfg)
+    except (ConfigError, DataError, ValueError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
+        trainer.eval()
+    trainer.fit()
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main()
