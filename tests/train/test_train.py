@@ -47,6 +47,21 @@ def test_two_process_training_learns(tiny_shards, tmp_path, parallelism):
     assert end < start - 2.0, losses
 
 
+def test_fsdp2_shards_parameters_and_checkpoints_every_attention_layer(tiny_shards, tmp_path):
+    overrides = tiny_overrides(tiny_shards, tmp_path, **{"parallelism.fsdp.version": 2,
+                                                          "model.activation_checkpointing": "true",
+                                                          "data.num_workers": 0})
+    out = tmp_path / "report.json"
+    worker = str(Path(__file__).with_name("fsdp_worker.py"))
+    result = run(composer(2) + [worker, str(out), TINY, *overrides], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["layers"] == 4  # encoder cross-attention, 2 latent layers, decoder cross-attention
+    assert report["checkpointed_layers"] == report["checkpoint_wrappers"] == 4
+    assert report["dtensor_parameters"] == report["parameters"] > 0
+    assert report["optimizer"] == "Lamb"
+
+
 @pytest.mark.parametrize("override, message", [
     ("optimizer.lrr=0.1", "unknown key optimizer.lrr; did you mean optimizer.lr?"),
     ("device_train_microbatch_size=12", "device_train_microbatch_size=12 does not divide the per-device batch 32"),

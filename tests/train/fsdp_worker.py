@@ -1,0 +1,42 @@
+"""Run under ``composer -n 2``: build the Trainer as train.py does (FSDP2 + activation checkpointing) and let
+rank 0 report what Composer actually did to the model to argv[1]."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from composer.utils import dist
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+from torch.distributed.tensor import DTensor
+
+from perceiver_stream.config import build, load
+from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
+from perceiver_stream.optim import Lamb
+from perceiver_stream.train.config import TrainConfig
+from perceiver_stream.train.trainer import build_trainer
+
+
+def main() -> None:
+    out, config, *overrides = sys.argv[1:]
+    trainer = build_trainer(build(TrainConfig, load(config, overrides)))
+    model = trainer.state.model
+    wrapped = [m._checkpoint_wrapped_module for m in model.modules() if isinstance(m, CheckpointWrapper)]
+    layers = [m for m in model.modules() if isinstance(m, CrossAttentionLayer | SelfAttentionLayer)]
+    report = {
+        "layers": len(layers),
+        "checkpointed_layers": sum(any(w is layer for w in wrapped) for layer in layers),
+        "checkpoint_wrappers": len(wrapped),
+        "dtensor_parameters": sum(isinstance(p, DTensor) for p in model.parameters()),
+        "parameters": sum(1 for _ in model.parameters()),
+        "optimizer": type(trainer.state.optimizers[0]).__name__,
+    }
+    trainer.close()
+    if dist.get_global_rank() == 0:
+        with open(out, "w") as f:
+            json.dump(report, f)
+    assert isinstance(trainer.state.optimizers[0], Lamb)
+
+
+if __name__ == "__main__":
+    main()
