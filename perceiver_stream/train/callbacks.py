@@ -93,3 +93,24 @@ class SampleLog(Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class ResumeGuard(Callback):
+    """Stores in every checkpoint the settings that decide which samples and masks come next, and refuses to
+    resume a checkpoint written with different ones: a changed global batch, seed or shuffle would otherwise
+    continue as a silently different run."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def state_dict(self) -> dict:
+        return {"settings": self.settings}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("settings", {})
+        changed = [f"{key}={saved[key]!r} in the checkpoint but {self.settings.get(key)!r} now"
+                   for key in sorted(saved) if saved[key] != self.settings.get(key)]
+        if changed:
+            raise ValueError("cannot resume exactly: the checkpoint was written with other settings that decide the "
+                             "order of samples and their masks: " + "; ".join(changed) +
+                             ". Restore them, or start a new run (new run_name or save_folder)")

@@ -12,6 +12,7 @@ from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, Runti
 from composer.core import Evaluator
 from composer.loggers import TensorboardLogger, WandBLogger
 from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler
+from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config, FSDPConfig
 from streaming.base.util import clean_stale_shared_memory
 
@@ -19,8 +20,9 @@ from perceiver_stream.config import to_dict
 from perceiver_stream.data import DataInfo, build_dataloader, prepare
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
-from perceiver_stream.train.callbacks import FillMaskTable, SampleLog
+from perceiver_stream.train.callbacks import FillMaskTable, ResumeGuard, SampleLog
 from perceiver_stream.train.config import TrainConfig, batch_plan
+from perceiver_stream.train.resume import repair_latest
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,30 @@ def run_record(cfg: TrainConfig, info: DataInfo) -> dict:
             "data_manifests": {f"{stream}/{split}": m for (stream, split), m in info.manifests.items()}}
 
 
+def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
+    """What must not change between restarts for a resumed run to continue exactly (see README)."""
+    data = cfg.data
+    return {
+        "global_train_batch_size": cfg.global_train_batch_size,
+        "seed": cfg.seed,
+        "data.masking_seed": data.masking_seed,
+        "data.shuffle": data.shuffle,
+        "data.shuffle_algo": data.shuffle_algo,
+        "data.shuffle_seed": data.shuffle_seed,
+        "data.shuffle_block_size": data.shuffle_block_size,
+        "data.num_canonical_nodes": data.num_canonical_nodes,
+        "data.epoch_size": data.epoch_size,
+        "data.max_seq_len": data.max_seq_len,
+        "data.masking": [data.masking, data.mask_prob, data.mask_replace_prob, data.random_replace_prob],
+        "data.streams": {name: s.proportion for name, s in data.streams.items()},
+        "tokenizer fingerprint": info.manifests[next(iter(info.manifests))]["tokenizer"]["fingerprint"],
+    }
+
+
 def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
-                 OptimizerMonitor(), FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences)]
+                 OptimizerMonitor(), FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences),
+                 ResumeGuard(resume_settings(cfg, info))]
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
     if cfg.callbacks.sample_log:
@@ -99,6 +122,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     """Everything checked first (environment, batch plan, shards), then the Trainer."""
     check_environment(cfg)
     plan = batch_plan(cfg, world_size())
+    if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder and dist.get_global_rank() == 0:
+        # Before dist starts: other ranks wait for rank 0 in the Trainer's process-group setup.
+        repair_latest(cfg.save_folder.format(run_name=cfg.run_name), plan.devices)
     clean_stale_shared_memory()  # every rank: local rank 0 cleans while the others wait at its barrier
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
@@ -108,6 +134,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     eval_loader = build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed)
 
     fsdp = cfg.parallelism.fsdp
+    reproducibility.seed_all(cfg.seed)  # the initial weights are a function of the seed too
     model = ComposerPerceiverMLM(cfg.model, wrap_activation_checkpointing=fsdp is None)
     process_group = "world" if fsdp is not None and fsdp.version == 1 else None
     optimizer = build_optimizer(model, cfg.optimizer, process_group=process_group)

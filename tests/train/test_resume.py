@@ -1,0 +1,179 @@
+"""Deterministic resumption: a killed run continues with exactly the same samples and masks, and the same
+losses and weights up to float32 rounding (CPU, fp32, mlm_tiny)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tests.train.conftest import TINY, TRAIN, tiny_overrides
+from tests.train.test_train import composer, run
+
+BATCHES = 60
+
+
+def overrides(shards: Path, run_dir: Path, **extra) -> list[str]:
+    settings = {"run_name": "resume", "save_folder": run_dir / "ckpt", "save_interval": "10ba",
+                "autoresume": "true", "max_duration": f"{BATCHES}ba", "eval_interval": "1000ba",
+                "eval_subset_num_batches": 1, "callbacks.sample_log": run_dir / "samples.jsonl",
+                "loggers.tensorboard": "null", "data.num_workers": 1, "data.num_canonical_nodes": 2,
+                "global_train_batch_size": 16, "device_train_microbatch_size": 16}
+    settings.update(extra)
+    return tiny_overrides(shards, run_dir, **settings)
+
+
+def batches(run_dir: Path) -> dict[int, dict]:
+    """The sample log by batch; a batch re-run after a restart replaces its first record."""
+    log = {}
+    for line in (run_dir / "samples.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        log[record["batch"]] = record
+    return log
+
+
+def weights(run_dir: Path, batch: int = BATCHES) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "ckpt" / f"ep0-ba{batch}-rank0.pt", map_location="cpu", weights_only=False)
+    return state["state"]["model"]
+
+
+def assert_same_weights(run_dir: Path, reference: Path) -> None:
+    """Final weights of a resumed run vs the reference. CPU matmuls here differ in the last bits between
+    processes with different allocation histories (seen with and without MKL_CBWR), so equality is to
+    float32 rounding accumulated over the run, not bitwise; samples and masks are compared exactly."""
+    ours, theirs = weights(run_dir), weights(reference)
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def kill_after(command: list[str], run_dir: Path, batch: int, env: dict | None = None) -> None:
+    """Start ``command`` and SIGKILL its whole process group once the sample log reaches ``batch``."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **(env or {})}, start_new_session=True)
+    log = run_dir / "samples.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if log.exists() and max((json.loads(x)["batch"] for x in log.read_text().splitlines()), default=0) >= batch:
+            break
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def assert_same_batches(run: dict[int, dict], reference: dict[int, dict], first: int, exact_loss: bool = True):
+    assert sorted(run) == sorted(reference) == list(range(1, BATCHES + 1))
+    for batch in range(first, BATCHES + 1):
+        ours, theirs = run[batch], reference[batch]
+        assert ours["samples"] == theirs["samples"], batch
+        assert ours["digests"] == theirs["digests"], batch
+        if exact_loss:
+            assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5), batch
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_shards, tmp_path_factory) -> Path:
+    """An uninterrupted single-process run with a checkpoint every 10 batches."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, run_dir)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_killed_run_resumes_bit_exactly(tiny_shards, reference, tmp_path):
+    command = [sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)]
+    kill_after(command, tmp_path, batch=26 + random.Random().randint(0, 8))
+    assert (tmp_path / "ckpt" / "latest-rank0.pt").exists()
+    result = run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_batches(batches(tmp_path), batches(reference), first=1)
+    assert_same_weights(tmp_path, reference)
+
+
+def test_resume_with_another_worker_count(tiny_shards, reference, tmp_path):
+    load = reference / "ckpt" / "ep0-ba30-rank0.pt"
+    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{
+        "autoresume": "false", "load_path": load, "data.num_workers": 0})])
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = batches(tmp_path)
+    assert sorted(resumed) == list(range(31, BATCHES + 1))
+    expected = batches(reference)
+    for batch in resumed:
+        assert resumed[batch]["samples"] == expected[batch]["samples"], batch
+        assert resumed[batch]["digests"] == expected[batch]["digests"], batch
+        assert resumed[batch]["loss"] == pytest.approx(expected[batch]["loss"], rel=1e-5), batch
+    assert_same_weights(tmp_path, reference)
+
+
+@pytest.mark.parametrize("crash", ["during_write", "between_unlink_and_symlink"])
+def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards, reference, tmp_path, crash):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for batch in (10, 20, 30, 40):
+        shutil.copy(reference / "ckpt" / f"ep0-ba{batch}-rank0.pt", folder)
+    shutil.copy(reference / "samples.jsonl", tmp_path / "samples.jsonl")
+    newest = folder / "ep0-ba40-rank0.pt"
+    if crash == "during_write":  # half of ba40 on disk, latest still at ba30
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+        os.symlink("ep0-ba30-rank0.pt", folder / "latest-rank0.pt")
+    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_from = 30 if crash == "during_write" else 40
+    assert ("ep0-ba40-rank0.pt.incomplete" in os.listdir(folder)) == (crash == "during_write")
+    lines = [json.loads(x)["batch"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert lines[BATCHES] == resumed_from + 1  # the first batch run after the restart
+    assert_same_batches(batches(tmp_path), batches(reference), first=1)
+    assert_same_weights(tmp_path, reference)
+
+
+def test_changed_settings_are_refused_on_resume(tiny_shards, reference, tmp_path):
+    shutil.copytree(reference / "ckpt", tmp_path / "ckpt", symlinks=True)
+    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{
+        "global_train_batch_size": 32, "device_train_microbatch_size": 32, "data.shuffle_seed": 1})])
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("train.py: error: cannot resume exactly")
+    assert "global_train_batch_size=16 in the checkpoint but 32 now" in error
+    assert "data.shuffle_seed=9176 in the checkpoint but 1 now" in error
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tiny_shards, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ddp-reference")
+    result = run(composer(2) + [TRAIN, TINY, *overrides(tiny_shards, run_dir, **{"data.num_workers": 0})],
+                 env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_killed_ddp_run_resumes_bit_exactly(tiny_shards, ddp_reference, tmp_path):
+    command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{"data.num_workers": 0})]
+    kill_after(command, tmp_path, batch=26 + random.Random().randint(0, 8), env={"OMP_NUM_THREADS": "1"})
+    result = run(command, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_batches(batches(tmp_path), batches(ddp_reference), first=1)
+    assert_same_weights(tmp_path, ddp_reference)
+
+
+def test_two_process_checkpoint_resumes_on_one_process(tiny_shards, ddp_reference, tmp_path):
+    load = ddp_reference / "ckpt" / "ep0-ba30-rank0.pt"
+    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{
+        "autoresume": "false", "load_path": load, "data.num_workers": 0})])
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, expected = batches(tmp_path), batches(ddp_reference)
+    assert sorted(resumed) == list(range(31, BATCHES + 1))
+    for batch in resumed:
+        ours = dict(zip(resumed[batch]["samples"], resumed[batch]["digests"], strict=True))
+        theirs = dict(zip(expected[batch]["samples"], expected[batch]["digests"], strict=True))
+        assert ours == theirs, batch  # the same samples with the same masks in every global batch
