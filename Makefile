@@ -26,9 +26,13 @@ lint: install
 bench: install
 	$(TEST_ENV) $(PY) bench/model_step.py
 	$(TEST_ENV) $(PY) bench/ac_memory.py
+	$(TEST_ENV) $(PY) bench/convert_throughput.py
+	$(TEST_ENV) $(PY) bench/data_throughput.py
+	$(TEST_ENV) $(PY) bench/lamb_step.py
+	$(TEST_ENV) $(PY) bench/train_smoke.py
 
 quickstart: install
-	$(TEST_ENV) $(PY) -m perceiver_stream.quickstart
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m perceiver_stream.quickstart
 
 clean:
 	rm -rf .venv build *.egg-info

