@@ -64,7 +64,7 @@ def train_unigram(texts: Iterator[str], vocab_size: int, out: Path) -> PreTraine
     backend.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", cls_token="<cls>", sep_token="<sep>",
-        mask_token="<mask>",
+        mask_token="<mask>", model_input_names=["input_ids", "attention_mask"],
     )
     tokenizer.save_pretrained(str(out))
     return tokenizer

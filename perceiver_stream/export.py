@@ -33,7 +33,9 @@ def export(checkpoint: str | Path, cfg: TrainConfig, out: str | Path) -> Path:
     out = Path(out)
     model = load_checkpoint_model(checkpoint, cfg.model)
     to_hf(model).save_pretrained(out)
-    AutoTokenizer.from_pretrained(cfg.data.tokenizer).save_pretrained(out)
+    # only what PerceiverForMaskedLM takes (pipelines pass every model input the tokenizer names)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer, model_input_names=["input_ids", "attention_mask"])
+    tokenizer.save_pretrained(out)
     return out
 
 

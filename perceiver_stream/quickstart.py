@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         convert(streams, out / "shards", Options(tokenizer=str(out / "tokenizer"), max_seq_len=128,
                                                   val_fraction=0.05, workers=2), overwrite=True)
     cfg = build(TrainConfig, load(CONFIG, overrides))
-    final = out / "checkpoints" / f"ep0-ba{cfg.max_duration.removesuffix('ba')}-rank0.pt"
-    minutes_file = out / "train_minutes.txt"
-    if step("train", final.exists()):
+    final = out / "checkpoints" / "latest-rank0.pt"
+    minutes_file = out / "train_minutes.txt"  # written once training has finished
+    if step("train", minutes_file.exists()):
         start = time.monotonic()
         subprocess.run([sys.executable, str(REPO / "train.py"), str(CONFIG), *overrides], cwd=REPO, check=True)
         minutes_file.write_text(f"{(time.monotonic() - start) / 60:.2f}\n")
