@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
