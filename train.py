@@ -24,12 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = build(TrainConfig, load(args.config, args.overrides))
-        from perceiver_stream.train.trainer import build_trainer, world_size
+        from composer.utils import dist
+
+        from perceiver_stream.train.trainer import build_trainer
 
         if args.summary:
             from perceiver_stream.train.summary import summary
 
-            print(summary(cfg, world_size()))
+            print(summary(cfg, dist.get_world_size()))
             return
         trainer = build_trainer(cfg)
     except (ConfigError, DataError, ValueError) as e:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import xxhash
 from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.distributed import get_local_rank
 from streaming.base.storage import CloudDownloader
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -50,9 +51,10 @@ class MLMStreamingDataset(StreamingDataset):
 
 @dataclass
 class DataInfo:
-    """The configured tokenizer and each stream's manifest by ``(stream, split)``."""
+    """The configured tokenizer, its fingerprint, and each stream's manifest by ``(stream, split)``."""
 
     tokenizer: PreTrainedTokenizerFast
+    tokenizer_fingerprint: str
     manifests: dict[tuple[str, str], dict]
 
 
@@ -122,7 +124,10 @@ def verify_shards(name: str, split_dir: Path) -> int:
 
 
 def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> DataInfo:
-    """Load the tokenizer and check every stream's manifests (and local shards) before anything heavy."""
+    """Load the tokenizer and check every stream's manifests (and local shards) before anything heavy.
+
+    Shards are hashed by local rank 0 only: the ranks of a node read the same files.
+    """
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, use_fast=True)
     tokenizer_fingerprint = fingerprint(tokenizer)
     manifests = {}
@@ -137,12 +142,12 @@ def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> Data
                             "other streams", name, split)
                 continue
             local, remote = _split_paths(stream, split)
-            if cfg.verify_shards and remote is None:
+            if cfg.verify_shards and remote is None and get_local_rank() == 0:
                 verify_shards(name, Path(local))
             manifests[(name, split)] = manifest
     if "val" in splits and not any(split == "val" for _, split in manifests):
         raise DataError("no stream has val samples; reconvert with a larger --val-fraction")
-    return DataInfo(tokenizer, manifests)
+    return DataInfo(tokenizer, tokenizer_fingerprint, manifests)
 
 
 def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: int, seed: int) -> StreamingDataLoader:

@@ -182,6 +182,3 @@ def is_attention_layer(module: nn.Module) -> bool:
     """The unit of FSDP wrapping and activation checkpointing: one cross- or self-attention layer."""
     return isinstance(module, ATTENTION_LAYERS)
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

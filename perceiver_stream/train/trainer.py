@@ -27,11 +27,6 @@ from perceiver_stream.train.resume import repair_latest
 log = logging.getLogger(__name__)
 
 
-def world_size() -> int:
-    """Devices of this run, as the ``composer`` launcher announces them (before dist is initialised)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def device_name() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
@@ -64,14 +59,14 @@ def parallelism_config(cfg: TrainConfig) -> dict | None:
     )}
 
 
-def build_loggers(cfg: TrainConfig, info: DataInfo) -> list:
+def build_loggers(cfg: TrainConfig) -> list:
     loggers = []
     if cfg.loggers.tensorboard is not None:
         loggers.append(TensorboardLogger(log_dir=cfg.loggers.tensorboard.log_dir,
                                          flush_interval=cfg.loggers.tensorboard.flush_interval))
     if cfg.loggers.wandb is not None:
         w = cfg.loggers.wandb
-        init_kwargs = {"config": run_record(cfg, info)}
+        init_kwargs = {}  # the run record reaches W&B's config through log_hyperparameters
         if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
             # wandb 0.18.7 asks the server whether it accepts client ids each time a Table is logged, even
             # offline, and retries forever without a network (wandb/wandb#8957); this setting skips the check.
@@ -103,7 +98,7 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
         "data.max_seq_len": data.max_seq_len,
         "data.masking": [data.masking, data.mask_prob, data.mask_replace_prob, data.random_replace_prob],
         "data.streams": {name: s.proportion for name, s in data.streams.items()},
-        "tokenizer fingerprint": info.manifests[next(iter(info.manifests))]["tokenizer"]["fingerprint"],
+        "tokenizer fingerprint": info.tokenizer_fingerprint,
     }
 
 
@@ -121,7 +116,7 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
 def build_trainer(cfg: TrainConfig) -> Trainer:
     """Everything checked first (environment, batch plan, shards), then the Trainer."""
     check_environment(cfg)
-    plan = batch_plan(cfg, world_size())
+    plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
     if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder and dist.get_global_rank() == 0:
         # Before dist starts: other ranks wait for rank 0 in the Trainer's process-group setup.
         repair_latest(cfg.save_folder.format(run_name=cfg.run_name), plan.devices)
@@ -167,7 +162,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         save_overwrite=cfg.save_overwrite,
         autoresume=cfg.autoresume,
         load_path=cfg.load_path,
-        loggers=build_loggers(cfg, info),
+        loggers=build_loggers(cfg),
         callbacks=build_callbacks(cfg, info),
         console_log_interval=cfg.console_log_interval,
         progress_bar=cfg.progress_bar,
