@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     if step("tokenizer", (out / "tokenizer" / "tokenizer.json").exists()):
         texts = (t for s in streams.values() for t in s.documents(Stats()))
         train_unigram(texts, args.vocab_size, out / "tokenizer")
-    if step("shards", all((out / "shards" / n / "train" / "manifest.json").exists() for n in streams)):
-        convert(streams, out / "shards", Options(tokenizer=str(out / "tokenizer"), max_seq_len=128,
-                                                  val_fraction=0.05, workers=2), overwrite=True)
     cfg = build(TrainConfig, load(CONFIG, overrides))
+    if step("shards", all((out / "shards" / n / "train" / "manifest.json").exists() for n in streams)):
+        convert(streams, out / "shards", Options(tokenizer=str(out / "tokenizer"), max_seq_len=cfg.data.max_seq_len,
+                                                  val_fraction=0.05, workers=2), overwrite=True)
     final = out / "checkpoints" / "latest-rank0.pt"
     minutes_file = out / "train_minutes.txt"  # written once training has finished
     if step("train", minutes_file.exists()):
@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> None:
 
     fill = pipeline("fill-mask", model=str(out / "hf"), device=-1)
     mask = fill.tokenizer.mask_token
+    print("top predictions (a bare word-start piece, the first of a longer word, is not shown):")
     for sentence in SENTENCES:
-        predictions = fill(sentence.replace("<mask>", mask), top_k=5)
+        predictions = [p for p in fill(sentence.replace("<mask>", mask), top_k=10) if p["token_str"].strip()][:5]
         print(f"{sentence}  ->  " + ", ".join(f"{p['token_str'].strip()} ({p['score']:.2f})" for p in predictions))
     print(f"masked accuracy {accuracy:.3f} vs unigram baseline {baseline:.3f}; curves: {png}")
     print(json.dumps({"masked_accuracy": round(accuracy, 4), "unigram_baseline_accuracy": round(baseline, 4),
