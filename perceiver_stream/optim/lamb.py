@@ -127,14 +127,13 @@ class Lamb(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
             if self.process_group is not None:
                 # Every rank must all-reduce the same norms: FSDP1 leaves no gradient on a rank that holds
                 # no element of a parameter, so such parameters join with empty gradients.
                 for p in group["params"]:
                     if p.grad is None and p.numel() == 0:
                         p.grad = torch.zeros_like(p)
-                params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             if any(p.grad.is_sparse for p in params):
