@@ -58,6 +58,7 @@ def evaluate(cfg, checkpoint: Path) -> tuple[float, float]:
     from streaming.base.util import clean_stale_shared_memory
 
     from perceiver_stream.data import build_dataloader, prepare
+    from perceiver_stream.data.format import is_word_token
     from perceiver_stream.export import load_checkpoint_model
 
     clean_stale_shared_memory()
@@ -66,7 +67,7 @@ def evaluate(cfg, checkpoint: Path) -> tuple[float, float]:
     train = build_dataloader(cfg.data, info, "train", cfg.device_eval_batch_size, cfg.seed).dataset
     for i in range(len(train)):
         record = train[i]
-        counts.update(record["input_ids"][record["token_type"] <= 1].tolist())
+        counts.update(record["input_ids"][is_word_token(record["token_type"])].tolist())
     most_frequent = counts.most_common(1)[0][0]
     model = load_checkpoint_model(checkpoint, cfg.model)
     correct = baseline = total = 0

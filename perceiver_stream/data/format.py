@@ -3,6 +3,8 @@
 Each MDS sample holds ``input_ids`` (uint16 or int32) and ``token_type`` (uint8), one code per token.
 """
 
+import numpy as np
+
 WORD_CONTINUATION = 0  # a later token of the word the previous token belongs to
 WORD_START = 1  # first token of a word (from the fast tokenizer's word_ids())
 SPECIAL = 2  # separator or special token: never masked
@@ -11,3 +13,8 @@ PADDING = 3  # padding after a final partial sample: never attended to
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "perceiver-stream-mds/1"
 SPLITS = ("train", "val")
+
+
+def is_word_token(token_type: np.ndarray) -> np.ndarray:
+    """True at tokens of words (start or continuation): the tokens masking may select."""
+    return (token_type == WORD_START) | (token_type == WORD_CONTINUATION)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perceiver_stream.data.format import PADDING, WORD_CONTINUATION, WORD_START
+from perceiver_stream.data.format import PADDING, WORD_START, is_word_token
 
 IGNORE_INDEX = -100
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -116,7 +116,7 @@ class MLMCollator:
     def mask(self, input_ids: np.ndarray, token_type: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masked ids and labels for (B, L) ids and token types, given one key per sample."""
         cfg = self.config
-        maskable = (token_type == WORD_START) | (token_type == WORD_CONTINUATION)
+        maskable = is_word_token(token_type)
         if cfg.masking == "word":
             # Every token of a word shares its word's index, hence its random numbers.
             unit = np.cumsum(token_type == WORD_START, axis=1)
