@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from convert.sources import Source
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -15,9 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def run(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command from the repository root, capturing its output; ``env`` adds to the environment."""
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
 def shared_path(relative: str) -> Path:
     """A path under ../shared, or skip the test with the reason when it is absent."""
     path = SHARED / relative
     if not path.exists():
         pytest.skip(f"{path} is absent (real data lives in ../shared beside the repository)")
     return path
+
+
+def shared_corpora(wiki_files: int, books: int) -> dict[str, Source]:
+    """The first ``wiki_files`` Wikipedia extracts and ``books`` Gutenberg books of ../shared, as the
+    converter's ``wikipedia`` and ``bookcorpus`` streams."""
+    wiki = tuple(str(shared_path(f"corpora/wikipedia/enwiki2015_wiki_0{i}")) for i in range(wiki_files))
+    book_files = tuple(str(p) for p in sorted(shared_path("corpora/books").glob("*.txt"))[:books])
+    return {"wikipedia": Source("files", wiki), "bookcorpus": Source("files", book_files, "gutenberg")}

@@ -3,34 +3,28 @@ unigram plateau (the trap the blueprint-shaped small model stays in for its whol
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
-from convert.sources import Source
 from convert.writer import Options, convert
 from perceiver_stream.config import build, load
 from perceiver_stream.quickstart import CONFIG, evaluate
 from perceiver_stream.train.config import TrainConfig
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, run, shared_corpora, shared_path
 
 
 def test_quickstart_model_beats_the_unigram_baseline(tmp_path):
     # One conversion worker: earlier tests leave streaming threads in this process, and forking a threaded
     # process can deadlock the worker pool.
     tokenizer = str(shared_path("tokenizers/xlnet-base-cased"))
-    wiki = tuple(str(shared_path(f"corpora/wikipedia/enwiki2015_wiki_0{i}")) for i in range(1))
-    books = tuple(str(p) for p in sorted(shared_path("corpora/books").glob("*.txt"))[:3])
-    convert({"wikipedia": Source("files", wiki), "bookcorpus": Source("files", books, "gutenberg")},
-            tmp_path / "shards", Options(tokenizer=tokenizer, max_seq_len=32, val_fraction=0.02, workers=1))
+    convert(shared_corpora(wiki_files=1, books=3), tmp_path / "shards",
+            Options(tokenizer=tokenizer, max_seq_len=32, val_fraction=0.02, workers=1))
     overrides = [f"data.tokenizer={tokenizer}", "model.vocab_size=32000",
                  f"data.streams.wikipedia.local={tmp_path}/shards/wikipedia",
                  f"data.streams.bookcorpus.local={tmp_path}/shards/bookcorpus",
                  f"save_folder={tmp_path}/ckpt", "save_interval=600ba", "max_duration=600ba",
                  "eval_interval=600ba", "eval_first=false", "progress_bar=false", "loggers.tensorboard=null",
                  "data.num_workers=0"]
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), str(CONFIG), *overrides], cwd=REPO,
-                            capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    result = run([sys.executable, str(REPO / "train.py"), str(CONFIG), *overrides])
     assert result.returncode == 0, result.stderr[-3000:]
 
     accuracy, baseline = evaluate(build(TrainConfig, load(CONFIG, overrides)), tmp_path / "ckpt" / "latest-rank0.pt")

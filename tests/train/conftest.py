@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from convert.sources import Source
 from convert.writer import Options, convert
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, shared_corpora, shared_path
 
 
 @pytest.fixture(scope="session")
@@ -16,9 +15,7 @@ def tiny_shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp() / "tiny-shards"
     if not root.exists():
         tokenizer = str(shared_path("tokenizers/xlnet-base-cased"))
-        wiki = tuple(str(shared_path(f"corpora/wikipedia/enwiki2015_wiki_0{i}")) for i in range(4))
-        books = tuple(str(p) for p in sorted(shared_path("corpora/books").glob("*.txt"))[:24])
-        convert({"wikipedia": Source("files", wiki), "bookcorpus": Source("files", books, "gutenberg")}, root,
+        convert(shared_corpora(wiki_files=4, books=24), root,
                 Options(tokenizer=tokenizer, max_seq_len=128, val_fraction=0.05, workers=2))
     return root
 

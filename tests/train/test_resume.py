@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run
 from tests.train.conftest import TINY, TRAIN, tiny_overrides
-from tests.train.test_train import composer, run
+from tests.train.test_train import composer
 
 BATCHES = 60
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -50,10 +50,11 @@ def batches(run_dir: Path) -> dict[int, dict]:
     return log
 
 
-def kill_after(command: list[str], run_dir: Path, batch: int, env: dict | None = None) -> None:
-    """Start ``command`` and SIGKILL its whole process group once the sample log reaches ``batch``."""
+def kill_after(command: list[str], run_dir: Path, batch: int) -> None:
+    """Start ``command`` (one intra-op thread) and SIGKILL its whole process group once the sample log
+    reaches ``batch``."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, **(env or {})}, start_new_session=True)
+                               env={**os.environ, **ONE_THREAD}, start_new_session=True)
     log = run_dir / "samples.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -67,7 +68,7 @@ def kill_after(command: list[str], run_dir: Path, batch: int, env: dict | None =
 
 def kill_and_resume(command: list[str], run_dir: Path) -> None:
     """Kill ``command`` at a random batch after 25, then rerun it to completion (autoresume)."""
-    kill_after(command, run_dir, batch=26 + random.Random().randint(0, 8), env=ONE_THREAD)
+    kill_after(command, run_dir, batch=26 + random.Random().randint(0, 8))
     assert (run_dir / "ckpt" / "latest-rank0.pt").exists()
     result = run(command, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
