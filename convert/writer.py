@@ -18,6 +18,8 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,7 +79,9 @@ Report = Callable[[tuple[int, int, int]], None]  # (documents, tokens, bytes) do
 _report: Report | None = None  # set in each pool worker by _set_report
 
 
-def _convert_part(source: Source, root: Path, worker: int, options: Options, report: Report) -> PartResult:
+def _convert_part(source: Source, root: Path, worker: int, options: Options,
+                  report: Report | None = None) -> PartResult:
+    report = report or _report
     tokenizer = load_tokenizer(options.tokenizer)
     dtype = token_dtype(len(tokenizer))
     columns = {"input_ids": f"ndarray:{dtype}:{options.max_seq_len}",
@@ -120,13 +124,9 @@ def _convert_part(source: Source, root: Path, worker: int, options: Options, rep
     return result
 
 
-def _set_report(report: Report) -> None:
+def _set_report(queue) -> None:
     global _report
-    _report = report
-
-
-def _worker_entry(args: tuple) -> PartResult:
-    return _convert_part(*args, report=_report)
+    _report = queue.put
 
 
 def _run_workers(source: Source, root: Path, options: Options, description: str) -> list[PartResult]:
@@ -144,16 +144,28 @@ def _run_workers(source: Source, root: Path, options: Options, description: str)
     if options.workers == 1:
         results = [_convert_part(source, root, 0, options, update)]
     else:
-        context = mp.get_context("fork")
+        # Not "fork": the caller may hold threads (tqdm's monitor, tokenizers, streaming, torch), and a child
+        # forked while one of them holds a lock waits on it forever. A fork server starts once per process,
+        # imports this module once, and forks each worker from that single-threaded state. An executor, not a
+        # Pool: a worker killed by the OS breaks it with an error instead of leaving the map waiting forever.
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
         queue = context.Queue()
-        with context.Pool(options.workers, initializer=_set_report, initargs=(queue.put,)) as pool:
-            pending = pool.map_async(_worker_entry, [(source, root, k, options) for k in range(options.workers)])
-            while not pending.ready() or not queue.empty():
+        with ProcessPoolExecutor(options.workers, mp_context=context, initializer=_set_report,
+                                 initargs=(queue,)) as pool:
+            futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
+            while not all(f.done() for f in futures):
                 try:
                     update(queue.get(timeout=0.2))
                 except queue_module.Empty:
                     pass
-            results = pending.get()
+            try:
+                results = [f.result() for f in futures]
+            except BrokenProcessPool as error:
+                raise RuntimeError(f"{description}: a conversion worker died ({error}); killed for memory? "
+                                   "Nothing was written to the output; retry with fewer --workers") from None
+        while not queue.empty():
+            update(queue.get())
     progress.close()
     return results
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -155,6 +156,47 @@ def test_killed_conversion_leaves_nothing_that_looks_finished(tmp_path):
     subprocess.run(cmd[:5] + [str(shared_path("corpora/books/" + sorted(os.listdir(books))[0]))] + cmd[6:],
                    cwd=REPO, check=True, capture_output=True)
     assert not partial.exists() and (out / "train" / "manifest.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
+    import multiprocessing.forkserver as forkserver
+
+    fifo = tmp_path / "doc.txt"
+    os.mkfifo(fifo)  # every worker blocks opening it, so there is time to kill one
+    errors = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            server = forkserver._forkserver._forkserver_pid
+            workers = _children(server) if server else []
+            if len(workers) == 2:
+                os.kill(workers[0], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+        errors.append("the two workers never started")
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    with pytest.raises(RuntimeError, match="a conversion worker died"):
+        convert({".": Source("files", (str(fifo),), fmt="txt")}, tmp_path / "out", Options(tokenizer=xlnet(),
+                                                                                          workers=2))
+    killer.join()
+    assert not errors
+    assert not (tmp_path / "out").exists()
 
 
 def test_wikibook_writes_two_streams_from_the_hub_loader(tmp_path, monkeypatch, wiki_files):

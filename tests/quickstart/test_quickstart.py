@@ -13,11 +13,9 @@ from tests.conftest import REPO, run, shared_corpora, shared_path
 
 
 def test_quickstart_model_beats_the_unigram_baseline(tmp_path):
-    # One conversion worker: earlier tests leave streaming threads in this process, and forking a threaded
-    # process can deadlock the worker pool.
     tokenizer = str(shared_path("tokenizers/xlnet-base-cased"))
     convert(shared_corpora(wiki_files=1, books=3), tmp_path / "shards",
-            Options(tokenizer=tokenizer, max_seq_len=32, val_fraction=0.02, workers=1))
+            Options(tokenizer=tokenizer, max_seq_len=32, val_fraction=0.02, workers=2))
     overrides = [f"data.tokenizer={tokenizer}", "model.vocab_size=32000",
                  f"data.streams.wikipedia.local={tmp_path}/shards/wikipedia",
                  f"data.streams.bookcorpus.local={tmp_path}/shards/bookcorpus",
