@@ -19,26 +19,52 @@ from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLay
 ATTENTION_LAYERS = (CrossAttentionLayer, SelfAttentionLayer)
 
 
-class TextInputAdapter(nn.Module):
-    """Token embedding plus a learned position embedding, both of width ``num_input_channels``.
+class _TiedLookup(torch.autograd.Function):
+    """Token lookup that also passes the embedding weight on to the tied output head.
 
-    The token lookup's gradient is sparse (one row per token, not a zero-filled vocab x C matrix): the tied
-    output head always adds a dense gradient to the same weight, and autograd adds the sparse rows into it in
-    place, so ``.grad`` stays dense while a step saves two full passes over the embedding's memory. The module
-    itself stays dense (``sparse=False``) so DDP expects the dense gradient it gets, and the sparse lookup is
-    used only on a plain leaf weight: FSDP1's ``use_orig_params`` views take the ordinary dense path.
+    The weight then has one gradient in the graph instead of two: backward runs once both the lookup's and the
+    head's gradients have arrived and adds the looked-up rows into the head's dense gradient in place. Two uses
+    of the weight would make autograd sum two vocab x C gradients into a third (or, for a sparse lookup, copy
+    the dense one), which costs more than a step's whole output head on CPU.
     """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(input_ids)
+        ctx.weight_shape = weight.shape
+        return F.embedding(input_ids, weight), weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad_tokens: torch.Tensor | None, grad_head: torch.Tensor | None):
+        (input_ids,) = ctx.saved_tensors
+        if grad_head is None:
+            grad_weight = grad_tokens.new_zeros(ctx.weight_shape)
+        else:  # the head's gradient is a fresh matmul result that nothing else holds
+            grad_weight = grad_head.contiguous()
+        if grad_tokens is not None:
+            rows, values = input_ids.reshape(-1), grad_tokens.reshape(-1, grad_tokens.shape[-1])
+            # Pick the deterministic scatter-add, so resumed runs repeat bit for bit: on CUDA index_put_'s
+            # accumulate sorts (index_add_ uses atomics); on CPU index_add_ adds in order (index_put_ does not).
+            if grad_weight.device.type == "cuda":
+                grad_weight.index_put_((rows,), values, accumulate=True)
+            else:
+                grad_weight.index_add_(0, rows, values)
+        return grad_weight, None
+
+
+class TextInputAdapter(nn.Module):
+    """Token embedding plus a learned position embedding, both of width ``num_input_channels``."""
 
     def __init__(self, vocab_size: int, max_seq_len: int, num_channels: int):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, num_channels)
         self.position_embedding = nn.Embedding(max_seq_len, num_channels)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        weight = self.token_embedding.weight
-        tokens = F.embedding(input_ids, weight, sparse=weight.is_leaf and weight.requires_grad)
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input embeddings (B, L, C) and the token embedding weight for the tied head (see ``_TiedLookup``)."""
+        tokens, head_weight = _TiedLookup.apply(self.token_embedding.weight, input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return tokens + self.position_embedding(positions)
+        return tokens + self.position_embedding(positions), head_weight
 
 
 class PerceiverEncoder(nn.Module):
@@ -128,14 +154,19 @@ class PerceiverMLM(nn.Module):
         self.decoder.output_queries.normal_(0.0, std)
         self.output_bias.zero_()
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (B, N, D) of ``input_ids`` (B, L); ``attention_mask`` (B, L) is 1 at real tokens."""
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (B, N, D) of ``input_ids`` (B, L), and the head's weight; ``attention_mask`` (B, L) is 1 at
+        real tokens."""
         pad_mask = None if attention_mask is None else attention_mask == 0
-        return self.encoder(self.input_adapter(input_ids), pad_mask)
+        inputs, head_weight = self.input_adapter(input_ids)
+        return self.encoder(inputs, pad_mask), head_weight
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, head_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Tied output head; the bias is fused into the matmul (one pass over the vocab-sized logits)."""
-        return F.linear(hidden, self.input_adapter.token_embedding.weight, self.output_bias)
+        weight = self.input_adapter.token_embedding.weight if head_weight is None else head_weight
+        return F.linear(hidden, weight, self.output_bias)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
@@ -145,13 +176,13 @@ class PerceiverMLM(nn.Module):
 
         Both go through ``forward`` (``__call__``) so FSDP's hooks gather the parameters.
         """
-        latents = self.encode(input_ids, attention_mask)
+        latents, head_weight = self.encode(input_ids, attention_mask)
         if labels is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-            return self.logits(self.decoder(latents, positions))
-        return self._decode_labelled(latents, labels)
+            return self.logits(self.decoder(latents, positions), head_weight)
+        return self._decode_labelled(latents, labels, head_weight)
 
-    def _decode_labelled(self, latents: torch.Tensor, labels: torch.Tensor) -> MLMOutput:
+    def _decode_labelled(self, latents: torch.Tensor, labels: torch.Tensor, head_weight: torch.Tensor) -> MLMOutput:
         """The decoder and the vocabulary projection skip the ~85% of positions that carry no loss, which is
         most of an MLM step's decoder cost."""
         selected = labels != -100
@@ -161,7 +192,7 @@ class PerceiverMLM(nn.Module):
         positions = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)[:, :width]
         valid = torch.arange(width, device=labels.device) < counts[:, None]
         hidden = self.decoder(latents, positions)[valid]
-        return MLMOutput(self.logits(hidden), labels.gather(1, positions)[valid])
+        return MLMOutput(self.logits(hidden, head_weight), labels.gather(1, positions)[valid])
 
 
 def checkpoint_layers(model: nn.Module, offload: bool = False) -> None:

@@ -10,7 +10,7 @@ from transformers import PerceiverConfig, PerceiverForMaskedLM
 
 from perceiver_stream.model import DecoderConfig, EncoderConfig, PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
-from perceiver_stream.model.hf import from_hf, to_hf, to_hf_config
+from perceiver_stream.model.hf import from_hf, hf_name, to_hf, to_hf_config
 from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
 
 
@@ -143,6 +143,23 @@ def test_labelled_decoding_equals_full_decode():
     torch.testing.assert_close(loss, full_loss, atol=1e-6, rtol=1e-6)
     for name, grad in _gradients(model).items():
         torch.testing.assert_close(grad, full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_gradients_equal_transformers():
+    """Labelled-only decoding and the tied head's single gradient give transformers' loss and gradients."""
+    torch.manual_seed(4)
+    hf = PerceiverForMaskedLM(to_hf_config(small_config())).eval()  # eval: no dropout in either model
+    ours = from_hf(hf).eval()
+    input_ids, attention_mask, labels = random_batch(ours.config)
+    hf_loss = hf(inputs=input_ids, attention_mask=attention_mask, labels=labels).loss
+    hf_loss.backward()
+    out = ours(input_ids, attention_mask, labels=labels)
+    loss = F.cross_entropy(out.logits, out.targets)
+    loss.backward()
+    torch.testing.assert_close(loss, hf_loss, atol=1e-6, rtol=1e-6)
+    hf_grads = {name: p.grad for name, p in hf.named_parameters()}
+    for name, grad in _gradients(ours).items():
+        torch.testing.assert_close(grad, hf_grads[hf_name(name)], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def _saved_bytes_and_grads(model: ComposerPerceiverMLM, batch: dict) -> tuple[int, torch.Tensor, dict]:
