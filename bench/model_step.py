@@ -107,11 +107,11 @@ def run(shape: str, steps: int, device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default: small 10, base 3)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default: small 10, base 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    results = [run(s, args.steps or (10 if s == "small" else 3), device) for s in args.shapes]
+    results = [run(s, args.steps or (10 if s == "small" else 5), device) for s in args.shapes]
     for result in results:
         print(json.dumps(result))
 
