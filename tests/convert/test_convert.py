@@ -109,6 +109,7 @@ def test_non_empty_out_is_refused_unless_overwrite(tmp_path, wiki_files, capsys)
 @pytest.mark.parametrize("argv, message", [
     (["--input", "/nonexistent/file.txt"], "--input /nonexistent/file.txt: no such file"),
     (["--format", "jsonl"], "no --text-field 'text' in this record"),
+    (["--format", "jsonl", "--workers", "2"], "no --text-field 'text' in this record"),  # raised in a worker
     (["--tokenizer", "/nonexistent/tokenizer"], "--tokenizer /nonexistent/tokenizer: cannot load"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, wiki_files, capsys, argv, message):
