@@ -35,7 +35,11 @@ class InputError(ValueError):
 
 @dataclass
 class Stats:
-    """What reading saw: documents yielded, documents skipped by reason, bytes replaced while decoding."""
+    """What reading saw: documents skipped by reason, bytes replaced while decoding.
+
+    With ``Source.documents(share=...)`` the reason ``"empty"`` counts only the share's documents; every other
+    count covers all documents, because each share reads them all.
+    """
 
     skipped: Counter = field(default_factory=Counter)
     replaced_bytes: int = 0
@@ -148,10 +152,18 @@ def read_parquet(path: Path, stats: Stats, text_field: str) -> Iterator[str]:
                 yield text
 
 
-def read_wikidump(path: Path, stats: Stats) -> Iterator[str]:
-    """Articles (namespace 0, not redirects) of a MediaWiki ``pages-articles.xml[.bz2]`` dump, as plain text."""
-    import mwparserfromhell
+class Wikitext(str):
+    """An article's raw wikitext. Readers yield it unrendered because rendering costs several times the
+    tokenization: a conversion worker renders (``plain_text``) only the articles it converts."""
 
+
+def plain_text(document: str) -> str:
+    """The text of a document a reader yielded: wikitext rendered, anything else as is."""
+    return wikitext_to_text(document) if isinstance(document, Wikitext) else document
+
+
+def read_wikidump(path: Path, stats: Stats) -> Iterator[str]:
+    """Articles (namespace 0, not redirects) of a MediaWiki ``pages-articles.xml[.bz2]`` dump, as ``Wikitext``."""
     opener = bz2.open if path.name.endswith(".bz2") else open
     with opener(path, "rb") as f:
         try:
@@ -167,7 +179,7 @@ def read_wikidump(path: Path, stats: Stats) -> Iterator[str]:
                 elif redirect:
                     stats.skipped["wikidump_redirect"] += 1
                 else:
-                    yield wikitext_to_text(text, mwparserfromhell)
+                    yield Wikitext(text)
         except ET.ParseError as e:
             raise InputError(f"{path}: not a MediaWiki XML dump ({e})") from None
 
@@ -179,8 +191,10 @@ def _child_text(element: ET.Element, path: str) -> str | None:
     return None
 
 
-def wikitext_to_text(wikitext: str, mwparserfromhell) -> str:
+def wikitext_to_text(wikitext: str) -> str:
     """Readable text of wikitext: templates, tables, references and files removed, links kept as their text."""
+    import mwparserfromhell
+
     code = mwparserfromhell.parse(wikitext)
     for node in code.filter_tags(recursive=False):
         if str(node.tag).lower() in ("ref", "table", "gallery", "math"):
@@ -230,13 +244,21 @@ class Source:
             return {"hub": self.hub_name, "config": self.hub_config, "split": self.hub_split}
         return {"files": list(self.files), "format": self.fmt, "text_field": self.text_field}
 
-    def documents(self, stats: Stats) -> Iterator[str]:
-        """All raw documents in order; empty or whitespace-only ones are counted and skipped."""
+    def documents(self, stats: Stats, share: tuple[int, int] = (0, 1)) -> Iterator[str]:
+        """The documents' plain text in order; empty or whitespace-only ones are counted and skipped.
+
+        ``share=(k, n)`` keeps documents k, k + n, k + 2n, ... of what the readers yield, and renders only those:
+        n conversion workers each read everything (cheap) and render their own share (not cheap for wikitext).
+        """
+        k, n = share
         if self.kind == "hub":
             raw: Iterator[str] = read_hub(self.hub_name, self.hub_config, self.hub_split, self.text_field)
         else:
             raw = (doc for f in self.files for doc in read_file(Path(f), self.fmt, stats, self.text_field))
-        for text in raw:
+        for index, document in enumerate(raw):
+            if index % n != k:
+                continue
+            text = plain_text(document)
             if text.strip():
                 yield text
             else:

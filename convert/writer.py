@@ -107,9 +107,7 @@ def _convert_part(source: Source, root: Path, worker: int, options: Options,
         report((len(batch), sum(len(ids) for ids, _ in encoded), sum(len(t) for t in batch)))
 
     batch: list[str] = []
-    for index, text in enumerate(source.documents(result.stats)):
-        if index % options.workers != worker:
-            continue
+    for text in source.documents(result.stats, share=(worker, options.workers)):
         batch.append(text)
         if len(batch) == options.batch_documents:
             flush(batch)
@@ -185,7 +183,9 @@ def _merge(split_dir: Path) -> None:
 
 
 def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str, parts: list[PartResult]) -> dict:
-    skipped = parts[0].stats.skipped  # every worker reads every document; worker 0's reader counts are whole
+    skipped = Counter(parts[0].stats.skipped)  # every worker reads every document: worker 0's counts are whole
+    skipped["empty"] = sum(p.stats.skipped["empty"] for p in parts)  # but each renders only its own share
+    skipped = +skipped
     return {
         "format": MANIFEST_FORMAT,
         "package_version": perceiver_stream.__version__,

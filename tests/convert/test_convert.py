@@ -24,6 +24,7 @@ from convert.writer import Options, convert, is_val
 from perceiver_stream.data.format import PADDING, SPECIAL
 from perceiver_stream.data.tokenizer import fingerprint
 from tests.conftest import REPO, shared_path
+from tests.convert.test_sources import write_dump
 
 
 def xlnet() -> str:
@@ -90,6 +91,14 @@ def test_worker_count_changes_only_the_order(tmp_path, wiki_files):
     for split in ("train", "val"):
         assert one[split]["counts"]["tokens"] == three[split]["counts"]["tokens"]
         assert one[split]["counts"]["documents"] == three[split]["counts"]["documents"]
+
+
+def test_worker_counts_add_up_when_each_worker_renders_its_share(tmp_path):
+    manifests = convert({".": Source("files", (write_dump(tmp_path),))}, tmp_path / "out",
+                        Options(tokenizer=xlnet(), max_seq_len=32, val_fraction=0.0, workers=2))
+    assert manifests["train"]["counts"]["documents"] == 2
+    assert manifests["train"]["source_counts"]["documents_skipped"] == {
+        "empty": 1, "wikidump_not_article": 1, "wikidump_redirect": 1}
 
 
 def test_non_empty_out_is_refused_unless_overwrite(tmp_path, wiki_files, capsys):

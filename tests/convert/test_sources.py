@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bz2
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from convert import sources
 from convert.sources import InputError, Source, Stats, expand_inputs, read_file, sniff_format
 from tests.conftest import shared_path
 
@@ -119,3 +121,48 @@ def test_inputs_expand_globs_and_directories_and_name_missing_paths(tmp_path):
     assert [p.name for p in expand_inputs([str(tmp_path)])] == ["a.txt", "b.txt", "c.txt"]
     with pytest.raises(InputError, match="--input .*nope.txt: no such file"):
         expand_inputs([str(tmp_path / "nope.txt")])
+
+
+DUMP = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">
+<page><title>Alpha</title><ns>0</ns><id>1</id><revision><id>5</id><text xml:space="preserve">'''Alpha''' is a \
+[[letter (alphabet)|letter]].{{Infobox letter|name=Alpha}}<ref>A citation.</ref>
+{| class="wikitable"
+| a table cell
+|}
+[[Category:Letters]]</text></revision></page>
+<page><title>Talk:Alpha</title><ns>1</ns><id>2</id><revision><id>6</id><text>A talk page.</text></revision></page>
+<page><title>A</title><ns>0</ns><id>3</id><redirect title="Alpha" /><revision><id>7</id><text>#REDIRECT [[Alpha]]\
+</text></revision></page>
+<page><title>Gamma</title><ns>0</ns><id>4</id><revision><id>8</id><text>{{Only a template}}</text></revision></page>
+<page><title>Beta</title><ns>0</ns><id>5</id><revision><id>9</id><text>Beta is '''second'''.</text></revision></page>
+</mediawiki>
+"""
+
+
+def write_dump(tmp_path) -> str:
+    path = tmp_path / "enwiki-pages-articles.xml.bz2"
+    path.write_bytes(bz2.compress(DUMP.encode()))
+    return str(path)
+
+
+def test_wikidump_articles_as_plain_text(tmp_path):
+    stats = Stats()
+    assert list(Source("files", (write_dump(tmp_path),)).documents(stats)) == [
+        "Alpha is a letter.", "Beta is second."]
+    assert stats.skipped == {"wikidump_not_article": 1, "wikidump_redirect": 1, "empty": 1}
+
+
+def test_each_share_renders_only_its_own_articles(tmp_path, monkeypatch):
+    rendered = []
+    render = sources.wikitext_to_text
+    monkeypatch.setattr(sources, "wikitext_to_text", lambda text: rendered.append(text) or render(text))
+    source = Source("files", (write_dump(tmp_path),))
+    shares, counts = [], []
+    for k in range(2):
+        rendered.clear()
+        stats = Stats()
+        shares.append(list(source.documents(stats, share=(k, 2))))
+        counts.append(len(rendered))
+        assert stats.skipped["wikidump_redirect"] == 1  # every share reads everything
+    assert shares == [["Alpha is a letter.", "Beta is second."], []]  # articles 0 and 2 / article 1 (empty)
+    assert counts == [2, 1]
