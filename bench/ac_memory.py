@@ -27,7 +27,7 @@ def peak_mb(checkpointing: bool, batch_size: int, layers: int, device: str) -> f
     config = PerceiverMLMConfig(
         encoder=EncoderConfig(num_self_attention_layers_per_block=layers), activation_checkpointing=checkpointing
     )
-    model = ComposerPerceiverMLM(config).to(device)
+    model = ComposerPerceiverMLM(config, mask_token_id=6).to(device)
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(7, config.vocab_size, (batch_size, config.max_seq_len), generator=g)
     labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.15, input_ids, -100)

@@ -11,8 +11,10 @@ from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from perceiver_stream.data.format import IGNORE_INDEX
 from perceiver_stream.model.config import PerceiverMLMConfig
 from perceiver_stream.model.flops import training_flops
+from perceiver_stream.model.metrics import MaskTokenAccuracy, MaskTokenUnigramAccuracy
 from perceiver_stream.model.mlm import MLMOutput, PerceiverMLM, checkpoint_layers, is_attention_layer
 
 Batch = Mapping[str, torch.Tensor]
@@ -22,27 +24,36 @@ class ComposerPerceiverMLM(ComposerModel):
     """Perceiver IO MLM for Composer's Trainer.
 
     A batch holds ``input_ids`` (B, L), ``attention_mask`` (B, L; 1 at real tokens) and ``labels`` (B, L;
-    -100 where no loss). The loss is the mean cross-entropy over labelled tokens, computed from logits of
-    the labelled positions only.
+    IGNORE_INDEX (-100) where no loss). The loss is the mean cross-entropy over labelled tokens, computed from logits of
+    the labelled positions only. Metrics: ``MaskedAccuracy`` and ``LanguageCrossEntropy`` over labelled
+    positions, and ``MaskTokenAccuracy`` / ``MaskTokenUnigramAccuracy`` over ``<mask>`` positions only
+    (``perceiver_stream.model.metrics``).
 
     Args:
         config: the model configuration.
+        mask_token_id: the tokenizer's ``<mask>`` id.
         wrap_activation_checkpointing: apply ``config.activation_checkpointing`` / ``activation_offloading``
             here. Leave it False when Composer's FSDP applies them instead (its ``activation_checkpointing``
             flags are set from the same config), so the flag means one thing.
     """
 
-    def __init__(self, config: PerceiverMLMConfig, wrap_activation_checkpointing: bool = True):
+    def __init__(self, config: PerceiverMLMConfig, *, mask_token_id: int, wrap_activation_checkpointing: bool = True):
         super().__init__()
         self.config = config
+        self.mask_token_id = mask_token_id
         self.model = PerceiverMLM(config)
         # Composer's FSDP looks for these on each child of the ComposerModel, i.e. on self.model.
         self.model.fsdp_wrap_fn = is_attention_layer
         self.model.activation_checkpointing_fn = is_attention_layer
         if wrap_activation_checkpointing and config.activation_checkpointing:
             checkpoint_layers(self.model, offload=config.activation_offloading)
-        self.train_metrics = {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy()}
-        self.eval_metrics = {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy()}
+        self.train_metrics = self._metrics()
+        self.eval_metrics = self._metrics()
+
+    def _metrics(self) -> dict[str, Metric]:
+        return {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy(),
+                "MaskTokenAccuracy": MaskTokenAccuracy(),
+                "MaskTokenUnigramAccuracy": MaskTokenUnigramAccuracy(self.config.vocab_size)}
 
     def forward(self, batch: Batch) -> MLMOutput:
         return self.model(batch["input_ids"], batch.get("attention_mask"), labels=batch["labels"])
@@ -54,13 +65,18 @@ class ComposerPerceiverMLM(ComposerModel):
         return outputs if outputs is not None else self.forward(batch)
 
     def update_metric(self, batch: Batch, outputs: MLMOutput, metric: Metric) -> None:
-        metric.update(outputs.logits, outputs.targets)
+        if isinstance(metric, MaskTokenAccuracy | MaskTokenUnigramAccuracy):
+            # the labelled positions in row-major order, as MLMOutput holds them
+            is_mask = batch["input_ids"][batch["labels"] != IGNORE_INDEX] == self.mask_token_id
+            metric.update(outputs.logits, outputs.targets, is_mask)
+        else:
+            metric.update(outputs.logits, outputs.targets)
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
         return self.train_metrics if is_train else self.eval_metrics
 
     def flops_per_batch(self, batch: Batch) -> int:
         """Training FLOPs of ``batch`` as the step runs them (formula in ``training_flops``), for MFU."""
-        counts = (batch["labels"] != -100).sum(dim=1)
+        counts = (batch["labels"] != IGNORE_INDEX).sum(dim=1)
         batch_size, seq_len = batch["labels"].shape
         return training_flops(self.config, batch_size, seq_len, int(counts.sum()), int(counts.max()) * batch_size)

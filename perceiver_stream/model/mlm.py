@@ -13,7 +13,9 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     offload_wrapper,
 )
 
+from perceiver_stream.data.format import IGNORE_INDEX
 from perceiver_stream.model.config import PerceiverMLMConfig
+from perceiver_stream.model.local_init import apply_local_init
 from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
 
 ATTENTION_LAYERS = (CrossAttentionLayer, SelfAttentionLayer)
@@ -139,7 +141,8 @@ class PerceiverMLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, init_scale) weights, zero biases, unit LayerNorms (the paper's initialisation)."""
+        """Normal(0, init_scale) weights, zero biases, unit LayerNorms (the paper's initialisation), then with
+        ``config.local_init`` the position code that makes the cross-attentions local."""
         std = self.config.init_scale
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -153,6 +156,8 @@ class PerceiverMLM(nn.Module):
         self.encoder.latents.normal_(0.0, std)
         self.decoder.output_queries.normal_(0.0, std)
         self.output_bias.zero_()
+        if self.config.local_init:
+            apply_local_init(self)
 
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -172,7 +177,7 @@ class PerceiverMLM(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
     ) -> torch.Tensor | MLMOutput:
         """Full-sequence logits (B, L, V) for inference and fill-mask; with ``labels``, an ``MLMOutput`` with
-        logits only where ``labels`` != -100 (training).
+        logits only where ``labels`` != IGNORE_INDEX (training).
 
         Both go through ``forward`` (``__call__``) so FSDP's hooks gather the parameters.
         """
@@ -185,7 +190,7 @@ class PerceiverMLM(nn.Module):
     def _decode_labelled(self, latents: torch.Tensor, labels: torch.Tensor, head_weight: torch.Tensor) -> MLMOutput:
         """The decoder and the vocabulary projection skip the ~85% of positions that carry no loss, which is
         most of an MLM step's decoder cost."""
-        selected = labels != -100
+        selected = labels != IGNORE_INDEX
         counts = selected.sum(dim=1)
         width = max(int(counts.max()), 1)
         # Stable sort puts each row's labelled positions first, in position order.

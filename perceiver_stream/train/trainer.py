@@ -130,7 +130,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
 
     fsdp = cfg.parallelism.fsdp
     reproducibility.seed_all(cfg.seed)  # the initial weights are a function of the seed too
-    model = ComposerPerceiverMLM(cfg.model, wrap_activation_checkpointing=fsdp is None)
+    model = ComposerPerceiverMLM(cfg.model, mask_token_id=info.tokenizer.mask_token_id,
+                                 wrap_activation_checkpointing=fsdp is None)
     process_group = "world" if fsdp is not None and fsdp.version == 1 else None
     optimizer = build_optimizer(model, cfg.optimizer, process_group=process_group)
     if cfg.scheduler.name == "constant_with_warmup":
@@ -144,7 +145,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         model=model,
         train_dataloader=train_loader,
         eval_dataloader=Evaluator(label="eval", dataloader=eval_loader,
-                                  metric_names=["MaskedAccuracy", "LanguageCrossEntropy"]),
+                                  metric_names=["MaskedAccuracy", "LanguageCrossEntropy", "MaskTokenAccuracy",
+                                                "MaskTokenUnigramAccuracy"]),
         eval_interval=cfg.eval_interval,
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         optimizers=optimizer,

@@ -10,15 +10,21 @@ from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
 from tests.model.test_model import random_batch, small_config
 
+MASK = 6
+
 
 def make_batch(config, batch: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random batch whose labelled positions are mostly ``<mask>`` in the input, the others left as is."""
     input_ids, attention_mask, labels = random_batch(config, batch, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    masked = (labels != -100) & (torch.rand(labels.shape, generator=g) < 0.8)
+    input_ids = torch.where(masked, MASK, input_ids)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def test_loss_is_cross_entropy_over_labelled_tokens():
     config = small_config()
-    model = ComposerPerceiverMLM(config).eval()
+    model = ComposerPerceiverMLM(config, mask_token_id=MASK).eval()
     batch = make_batch(config)
     full = model.model(batch["input_ids"], batch["attention_mask"])
     expected = F.cross_entropy(full.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
@@ -27,7 +33,7 @@ def test_loss_is_cross_entropy_over_labelled_tokens():
 
 def test_metrics_accuracy_and_cross_entropy():
     config = small_config()
-    model = ComposerPerceiverMLM(config).eval()
+    model = ComposerPerceiverMLM(config, mask_token_id=MASK).eval()
     batch = make_batch(config)
     outputs = model.eval_forward(batch)
     metrics = model.get_metrics(is_train=False)
@@ -39,11 +45,19 @@ def test_metrics_accuracy_and_cross_entropy():
     torch.testing.assert_close(metrics["MaskedAccuracy"].compute(), accuracy)
     ce = F.cross_entropy(full[selected], batch["labels"][selected])
     torch.testing.assert_close(metrics["LanguageCrossEntropy"].compute(), ce, atol=1e-5, rtol=1e-5)
+    # <mask> positions only: what the model predicts where the answer is not in the input
+    at_mask = selected & (batch["input_ids"] == MASK)
+    assert 0 < at_mask.sum() < selected.sum()
+    expected = (full.argmax(-1)[at_mask] == batch["labels"][at_mask]).float().mean()
+    torch.testing.assert_close(metrics["MaskTokenAccuracy"].compute(), expected)
+    targets = batch["labels"][at_mask]
+    most_frequent = torch.bincount(targets).max() / len(targets)
+    torch.testing.assert_close(metrics["MaskTokenUnigramAccuracy"].compute(), most_frequent.float())
 
 
 def test_flops_per_batch_matches_torch_flop_counter():
     config = small_config()
-    model = ComposerPerceiverMLM(config)
+    model = ComposerPerceiverMLM(config, mask_token_id=MASK)
     batch = make_batch(config)
     with FlopCounterMode(display=False) as counter:
         model.loss(model(batch), batch).backward()
@@ -52,7 +66,7 @@ def test_flops_per_batch_matches_torch_flop_counter():
 
 
 def test_fsdp_and_checkpointing_hooks_live_on_the_inner_module():
-    model = ComposerPerceiverMLM(small_config())
+    model = ComposerPerceiverMLM(small_config(), mask_token_id=MASK)
     inner = model.model
     layers = [m for m in inner.modules() if isinstance(m, (CrossAttentionLayer, SelfAttentionLayer))]
     assert all(inner.fsdp_wrap_fn(m) and inner.activation_checkpointing_fn(m) for m in layers)

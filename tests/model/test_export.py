@@ -17,7 +17,7 @@ def test_exported_model_has_the_native_logits_and_fills_masks(tmp_path):
     cfg = build(TrainConfig, load(REPO / "yamls" / "mlm_quickstart.yaml", [
         f"data.tokenizer={tokenizer}", "model.vocab_size=32000", "model.activation_checkpointing=true"]))
     torch.manual_seed(0)
-    composer_model = ComposerPerceiverMLM(cfg.model)  # checkpoint-wrapped layers, as in training
+    composer_model = ComposerPerceiverMLM(cfg.model, mask_token_id=6)  # checkpoint-wrapped layers, as in training
     checkpoint = tmp_path / "ep0-ba10-rank0.pt"
     torch.save({"state": {"model": composer_model.state_dict()}}, checkpoint)
 

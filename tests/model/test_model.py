@@ -180,9 +180,9 @@ def test_activation_checkpointing_is_real_and_exact():
     input_ids, attention_mask, labels = random_batch(config, batch=8)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     torch.manual_seed(3)
-    plain = ComposerPerceiverMLM(config)
+    plain = ComposerPerceiverMLM(config, mask_token_id=6)
     torch.manual_seed(3)
-    checkpointed = ComposerPerceiverMLM(small_config(max_seq_len=128, activation_checkpointing=True))
+    checkpointed = ComposerPerceiverMLM(small_config(max_seq_len=128, activation_checkpointing=True), mask_token_id=6)
 
     layers = [m for m in checkpointed.model.modules() if isinstance(m, (CrossAttentionLayer, SelfAttentionLayer))]
     wrapped = [m for m in checkpointed.model.modules() if isinstance(m, CheckpointWrapper)]
