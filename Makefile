@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)-$(shell echo $(CURDIR) | sha256sum | cut -c1-12)
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test lint bench quickstart clean
+.PHONY: install test lint bench quickstart gpu-check clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ bench: install
 	$(TEST_ENV) $(PY) bench/data_throughput.py
 	$(TEST_ENV) $(PY) bench/lamb_step.py
 	$(TEST_ENV) $(PY) bench/train_smoke.py
+
+# On a CUDA machine (README, "GPU"); the lent GPU machine has no venv of ours, so its python3 is used there.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(TEST_ENV) $(GPU_PYTHON) bench/gpu_check.py
 
 quickstart: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m perceiver_stream.quickstart

@@ -1,0 +1,65 @@
+"""bench/gpu_check.py without a GPU: the refusal, the skip paths, every part at a tiny shape, the wheel list."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run, shared_path
+
+CHECK = str(REPO / "bench" / "gpu_check.py")
+
+
+def test_refuses_without_a_cuda_device():
+    result = run([sys.executable, CHECK], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("bench/gpu_check.py: needs a CUDA device (none is visible to torch); see README, "
+                                     "section 'GPU'")
+
+
+def test_missing_package_or_corpus_skips_the_part_with_the_reason(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(gpu_check.Skip, match="no_such_module_for_the_test does not import .*bench/gpu_wheels.sh"):
+        gpu_check.require("json", "no_such_module_for_the_test")
+    out = tmp_path / "result.json"
+    assert gpu_check.main(["--smoke", "--parts", "train", "--corpus", str(tmp_path / "absent"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["train"]["skipped"] == (f"--corpus {tmp_path / 'absent'} does not exist (bench/gpu_wheels.sh stages "
+                                          "both into .gpu/)")
+    assert gpu_check.peak_tflops("NVIDIA H200") == 989.0 and gpu_check.peak_tflops("Tesla T4") is None
+
+
+def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "wiki").symlink_to(shared_path("corpora/wikipedia/enwiki2021_wiki_00"))
+    out = tmp_path / "result.json"
+    result = run([sys.executable, CHECK, "--smoke", "--steps", "2", "--out", str(out), "--corpus", str(corpus),
+                  "--tokenizer", str(shared_path("tokenizers/xlnet-base-cased"))], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed == json.loads(out.read_text())
+    model = printed["model"]
+    for key in ("ours_no_ac", "ours_ac", "hf_no_ac"):
+        assert model[key]["largest_micro_batch"] == 8  # the smoke run's cap: nothing runs out of memory on a CPU
+        assert model[key]["tokens_per_s"] > 0
+    assert "skipped" in model["hf_ac"] or model["hf_ac"]["tokens_per_s"] > 0
+    assert model["same_micro_batch"]["micro_batch"] == 8 and model["same_micro_batch"]["ratio"] > 0
+    assert model["blueprint_batch_fits_with_ac"] is False
+    assert printed["lamb"]["speedup"] > 0
+    assert printed["train"]["fsdp2"]["tokens_per_s"] > 0, printed["train"]
+
+
+def test_wheel_list_pins_what_this_project_installs():
+    result = run(["bash", str(REPO / "bench" / "gpu_wheels.sh"), "--list"])
+    assert result.returncode == 0
+    wheels = dict(line.split("==") for line in result.stdout.split())
+    for package in ("mosaicml", "mosaicml-streaming", "torch-optimizer", "omegaconf", "mwparserfromhell"):
+        assert wheels[package] == importlib.metadata.version(package), package
