@@ -14,7 +14,9 @@ query ``p`` attends to the latents around its own position. The code is ``F`` si
 queries (replacing their random values there) and, in each head of the two cross-attentions, the query/key
 projection from those channels (added to the random weights, so content-based attention is still there to
 learn). Each head gets its own sharpness: peak logits spaced geometrically from ``PEAK_LOGITS[0]`` to
-``PEAK_LOGITS[1]``, so the heads see windows of several widths.
+``PEAK_LOGITS[1]``, so the heads see windows of several widths. The cross-attentions' value and output
+projections start at unit gain instead of 0.02, so the content a latent reads, and an output query reads from
+it, reaches the output head at a scale the gradient can use (with 0.02 it arrives scaled down four times).
 
 Only initial values change: the architecture, the parameter set and the export to ``PerceiverForMaskedLM``
 are exactly those of the normal initialisation.
@@ -48,9 +50,8 @@ def code_channels(model: nn.Module) -> int:
     return min(widths) // 2 * 2
 
 
-LOCAL_SELF = False
-VALUE_GAIN = 1.0
-LATENT_CODE_RMS = 1.0
+VALUE_GAIN = 1.0  # std * sqrt(fan_in) of the cross-attentions' value and output projections
+LATENT_CODE_RMS = 1.0  # per channel, so the latents' code is not drowned by the content they take in
 
 
 def _structure_heads(attention, q_in: torch.Tensor, kv_in: torch.Tensor, m: int) -> None:
@@ -99,9 +100,5 @@ def apply_local_init(model: nn.Module) -> None:
     sample = tokens[torch.randint(len(tokens), (4, len(positions)), device=device)]
     inputs = positions + sample
     _structure_heads(encoder.attention, encoder.q_norm(latents), encoder.kv_norm(inputs[0]), m)
-    if LOCAL_SELF:
-        for layer in model.encoder.self_attention:
-            normed = layer.norm(latents)
-            _structure_heads(layer.attention, normed, normed, m)
     encoded = model.encoder(inputs)  # the decoder attends to latents that carry content too
     _structure_heads(decoder.attention, decoder.q_norm(queries), decoder.kv_norm(encoded).flatten(0, 1), m)
