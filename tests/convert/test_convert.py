@@ -101,18 +101,39 @@ def test_worker_counts_add_up_when_each_worker_renders_its_share(tmp_path):
         "empty": 1, "wikidump_not_article": 1, "wikidump_redirect": 1}
 
 
-def test_non_empty_out_is_refused_unless_overwrite(tmp_path, wiki_files, capsys):
+def test_non_empty_out_is_refused_and_overwrite_replaces_only_an_earlier_output(tmp_path, wiki_files, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     args = ["text", "--input", wiki_files[0], "--tokenizer", xlnet(), "--out", out, "--workers", "1"]
+    for extra, message in (([], f"--out {out}: exists and is not empty"),
+                           (["--overwrite"], f"--out {out}: is not an earlier perceiver-convert output")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(*args, *extra)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+        assert (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    run_cli(*args)
+    first = (out / "train" / "manifest.json").read_text()
+    run_cli(*args, "--overwrite")  # an earlier output is replaced
+    assert (out / "train" / "manifest.json").read_text() == first
+    (out / "train" / "notes.txt").write_text("mine")  # ... but not one a user has added files to
+    with pytest.raises(SystemExit):
+        run_cli(*args, "--overwrite")
+    assert (out / "train" / "notes.txt").exists()
+
+
+def test_overwrite_never_deletes_an_input(tmp_path, wiki_files, capsys):
+    corpus = tmp_path / "x" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "wiki").write_text(Path(wiki_files[0]).read_text())
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(*args)
+        run_cli("text", "--input", corpus, "--tokenizer", xlnet(), "--out", tmp_path / "x", "--overwrite",
+                "--workers", "1")
     assert exit_info.value.code == 2
-    assert f"--out {out}: exists and is not empty" in capsys.readouterr().err
-    assert (out / "precious.txt").read_text() == "keep me"
-    run_cli(*args, "--overwrite")
-    assert not (out / "precious.txt").exists() and (out / "train" / "manifest.json").exists()
+    assert f"--out {tmp_path / 'x'}: holds the input {corpus / 'wiki'}" in capsys.readouterr().err
+    assert (corpus / "wiki").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
