@@ -12,6 +12,7 @@ import sys
 
 from perceiver_stream.config import ConfigError, build, load
 from perceiver_stream.data import DataError
+from perceiver_stream.train.callbacks import NonFiniteLossError
 from perceiver_stream.train.config import TrainConfig
 
 
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
         trainer.eval()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except NonFiniteLossError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
     trainer.close()
 
 

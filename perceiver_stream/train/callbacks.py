@@ -1,4 +1,5 @@
-"""Our Composer callbacks: fill-mask predictions at every eval, and a per-batch log of sample identity."""
+"""Our Composer callbacks: fill-mask predictions at every eval, a per-batch log of sample identity, the resume
+guard, and a stop at the first non-finite loss."""
 
 from __future__ import annotations
 
@@ -114,3 +115,23 @@ class ResumeGuard(Callback):
             raise ValueError("cannot resume exactly: the checkpoint was written with other settings that decide the "
                              "order of samples and their masks: " + "; ".join(changed) +
                              ". Restore them, or start a new run (new run_name or save_folder)")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped at a non-finite loss, before the optimizer step and any checkpoint of it."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops the run at the first NaN or infinite loss, on every rank at once, before backward: the weights that
+    produced it are never updated from it and never saved, so ``latest`` stays the last finite checkpoint."""
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        loss = state.loss
+        total = sum(loss.values()) if isinstance(loss, dict) else loss
+        finite = torch.isfinite(total.detach()).all().to(torch.float32).reshape(1)
+        dist.all_reduce(finite, reduce_operation="MIN")  # a rank alone must not leave the others waiting
+        if finite.item() == 0:
+            raise NonFiniteLossError(
+                f"the loss is {total.item()} at batch {state.timestamp.batch.value + 1} (on this rank): stopped "
+                "before the optimizer step, so no checkpoint holds it; the newest checkpoint is from an earlier "
+                "batch. Lower optimizer.lr, add grad_clip_norm, or check that batch's samples (callbacks.sample_log)")

@@ -20,7 +20,7 @@ from perceiver_stream.config import to_dict
 from perceiver_stream.data import DataInfo, build_dataloader, prepare
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
-from perceiver_stream.train.callbacks import FillMaskTable, ResumeGuard, SampleLog
+from perceiver_stream.train.callbacks import FillMaskTable, ResumeGuard, SampleLog, StopOnNonFiniteLoss
 from perceiver_stream.train.config import TrainConfig, batch_plan
 from perceiver_stream.train.resume import repair_latest
 
@@ -105,7 +105,7 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
 def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
                  OptimizerMonitor(), FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences),
-                 ResumeGuard(resume_settings(cfg, info))]
+                 ResumeGuard(resume_settings(cfg, info)), StopOnNonFiniteLoss()]
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
     if cfg.callbacks.sample_log:

@@ -133,3 +133,26 @@ def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_pa
     assert json.loads(config["data_manifests"])["wikipedia/train"]["tokenizer"]["vocab_size"] == 32000
     assert json.loads(config["config"])["optimizer"]["name"] == "lamb"
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tiny_shards, tmp_path):
+    import re
+
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    overrides = tiny_overrides(tiny_shards, tmp_path, **{
+        "optimizer.name": "adamw", "optimizer.lr": 1e12, "scheduler.t_warmup": "0ba",  # diverges within batches
+        "max_duration": "12ba", "save_interval": "1ba", "save_folder": ckpt, "eval_interval": "100ba",
+        "data.num_workers": 0, "global_train_batch_size": 8, "device_train_microbatch_size": 8})
+    result = run([sys.executable, TRAIN, TINY, *overrides])
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"train\.py: error: the loss is (nan|inf) at batch (\d+) \(on this rank\): stopped before .*",
+                         last)
+    assert match, last
+    batch = int(match.group(2))
+    saved = sorted(int(re.search(r"ba(\d+)", p.name).group(1)) for p in ckpt.glob("ep*-ba*-rank0.pt"))
+    assert saved == list(range(1, batch)), (saved, batch)
+    latest = torch.load(ckpt / "latest-rank0.pt", map_location="cpu", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in latest["state"]["model"].values() if v.is_floating_point())
