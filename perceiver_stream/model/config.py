@@ -6,7 +6,6 @@ Field names and meanings follow the blueprint command (``--model.encoder.num_sel
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -119,6 +118,3 @@ class PerceiverMLMConfig:
         for name, value in (("encoder.dropout", self.encoder.dropout), ("decoder.dropout", self.decoder.dropout)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"model.{name}={value} must be in [0, 1)")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
