@@ -156,3 +156,24 @@ def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tiny_shards, tmp_pat
     assert saved == list(range(1, batch)), (saved, batch)
     latest = torch.load(ckpt / "latest-rank0.pt", map_location="cpu", weights_only=False)
     assert all(torch.isfinite(v).all() for v in latest["state"]["model"].values() if v.is_floating_point())
+
+
+def test_processes_on_a_cpu_node_share_its_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from perceiver_stream.train.trainer import share_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's choice stands
+        torch.set_num_threads(3)
+        share_cpu_threads()
+        assert torch.get_num_threads() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        share_cpu_threads()
+        assert torch.get_num_threads() == max(1, os.cpu_count() // 2)
+    finally:
+        torch.set_num_threads(before)
