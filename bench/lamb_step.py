@@ -1,8 +1,8 @@
 """Time of one Lamb ``step()`` over the base model's parameters: ours vs ``torch_optimizer.Lamb``.
 
 The parameter set of ``yamls/mlm_base.yaml``'s model (223M parameters, weight-decay groups as in training),
-CPU fp32, random gradients; both optimizers in one process, steps interleaved (alternating which goes first). Prints a last-line JSON object
-``{"ours_ms", "reference_ms", "speedup"}`` (goal: speedup >= 2).
+CPU fp32, random gradients; both optimizers in one process, steps interleaved (alternating which goes
+first). Prints a last-line JSON object ``{"ours_ms", "reference_ms", "speedup"}`` (goal: speedup >= 2).
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ def centres(num: int) -> torch.Tensor:
 @torch.no_grad()
 def test_latents_and_output_queries_attend_around_their_own_position():
     # heads 32 channels wide, as in the blueprint (qk 256 / 8 heads): room for a 16-frequency code
-    encoder_config = EncoderConfig(num_input_channels=48, num_cross_attention_qk_channels=64, num_cross_attention_heads=2,
-                                   num_self_attention_qk_channels=32, num_self_attention_heads=4,
-                                   num_self_attention_layers_per_block=2)
+    encoder_config = EncoderConfig(num_input_channels=48, num_cross_attention_qk_channels=64,
+                                   num_cross_attention_heads=2, num_self_attention_qk_channels=32,
+                                   num_self_attention_heads=4, num_self_attention_layers_per_block=2)
     config = small_config(max_seq_len=64, num_latents=16, encoder=encoder_config, local_init=True)
     torch.manual_seed(0)
     model = PerceiverMLM(config)
