@@ -265,7 +265,7 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
     files = tuple(str(p) for p in sorted(corpus.rglob("*")) if p.is_file())
     convert({"wikipedia": Source("files", files)}, work / "shards",
             Options(tokenizer=str(tokenizer), max_seq_len=seq_len, val_fraction=0.05, workers=2))
-    batches = 3 if smoke else TRAIN_BATCHES
+    batches = 4 if smoke else TRAIN_BATCHES
     versions = (2,) if smoke else (1, 2)
     result = {}
     for version in versions:
@@ -284,14 +284,15 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
                           "model.num_latent_channels=64", "model.encoder.num_input_channels=64",
                           "model.encoder.num_self_attention_layers_per_block=1",
                           "model.decoder.num_cross_attention_v_channels=64", "data.num_workers=0",
-                          "model.activation_checkpointing=false"]
+                          "model.activation_checkpointing=false", "callbacks.speed_monitor_window=2"]
         command = [sys.executable, "-m", "composer.cli.launcher", "-n", "1", str(REPO / "train.py"),
                    str(REPO / "yamls" / "mlm_base.yaml"), *overrides]
         start = time.perf_counter()
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.train_timeout)
         entry: dict = {"wall_s": round(time.perf_counter() - start, 1)}
         if done.returncode != 0:
-            entry["error"] = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+            lines = done.stderr.strip().splitlines() or ["(no output)"]
+            entry["error"] = next((line for line in lines if "train.py: error:" in line), lines[-1])[:300]
         else:
             entry.update(speed_monitor(log_dir))
         result[f"fsdp{version}"] = entry

@@ -39,7 +39,8 @@ def test_missing_package_or_corpus_skips_the_part_with_the_reason(tmp_path):
 def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "wiki").symlink_to(shared_path("corpora/wikipedia/enwiki2021_wiki_00"))
+    articles = shared_path("corpora/wikipedia/enwiki2021_wiki_00").read_text().split("</doc>")
+    (corpus / "wiki").write_text("</doc>".join(articles[:150]) + "</doc>\n")  # enough for a val split
     out = tmp_path / "result.json"
     result = run([sys.executable, CHECK, "--smoke", "--steps", "2", "--out", str(out), "--corpus", str(corpus),
                   "--tokenizer", str(shared_path("tokenizers/xlnet-base-cased"))], env={"OMP_NUM_THREADS": "1"})
