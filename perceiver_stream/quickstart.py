@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from perceiver_stream.data.format import IGNORE_INDEX
+from perceiver_stream.model.mlm import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "yamls" / "mlm_quickstart.yaml"

@@ -10,8 +10,6 @@ WORD_START = 1  # first token of a word (from the fast tokenizer's word_ids())
 SPECIAL = 2  # separator or special token: never masked
 PADDING = 3  # padding after a final partial sample: never attended to
 
-IGNORE_INDEX = -100  # label of a position that carries no loss (torch's cross_entropy default)
-
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "perceiver-stream-mds/1"
 SPLITS = ("train", "val")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perceiver_stream.data.format import IGNORE_INDEX, PADDING, WORD_START, is_word_token
+from perceiver_stream.data.format import PADDING, WORD_START, is_word_token
+from perceiver_stream.model.mlm import IGNORE_INDEX
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

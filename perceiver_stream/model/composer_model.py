@@ -11,11 +11,10 @@ from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from perceiver_stream.data.format import IGNORE_INDEX
 from perceiver_stream.model.config import PerceiverMLMConfig
 from perceiver_stream.model.flops import training_flops
 from perceiver_stream.model.metrics import MaskTokenAccuracy, MaskTokenUnigramAccuracy
-from perceiver_stream.model.mlm import MLMOutput, PerceiverMLM, checkpoint_layers, is_attention_layer
+from perceiver_stream.model.mlm import IGNORE_INDEX, MLMOutput, PerceiverMLM, checkpoint_layers, is_attention_layer
 
 Batch = Mapping[str, torch.Tensor]
 

@@ -13,12 +13,12 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     offload_wrapper,
 )
 
-from perceiver_stream.data.format import IGNORE_INDEX
 from perceiver_stream.model.config import PerceiverMLMConfig
 from perceiver_stream.model.local_init import apply_local_init
 from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
 
 ATTENTION_LAYERS = (CrossAttentionLayer, SelfAttentionLayer)
+IGNORE_INDEX = -100  # the label of a position that carries no loss (torch's cross_entropy default)
 
 
 class _TiedLookup(torch.autograd.Function):
