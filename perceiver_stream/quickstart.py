@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from perceiver_stream.model.mlm import IGNORE_INDEX
+from perceiver_stream.model.metrics import mask_token_positions
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "yamls" / "mlm_quickstart.yaml"
@@ -78,7 +78,7 @@ def evaluate(cfg, checkpoint: Path) -> dict[str, float]:
         for batch in build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed):
             out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
             hit = out.logits.argmax(-1) == out.targets
-            is_mask = batch["input_ids"][batch["labels"] != IGNORE_INDEX] == info.tokenizer.mask_token_id
+            is_mask = mask_token_positions(batch["input_ids"], batch["labels"], info.tokenizer.mask_token_id)
             correct.update({"labelled": int(hit.sum()), "labelled_total": len(hit), "mask": int(hit[is_mask].sum()),
                             "mask_total": int(is_mask.sum()),
                             "unigram": int((out.targets[is_mask] == most_frequent).sum())})

@@ -13,7 +13,7 @@ from torchmetrics import Metric
 
 from perceiver_stream.model.config import PerceiverMLMConfig
 from perceiver_stream.model.flops import training_flops
-from perceiver_stream.model.metrics import MaskTokenAccuracy, MaskTokenUnigramAccuracy
+from perceiver_stream.model.metrics import MaskTokenAccuracy, MaskTokenUnigramAccuracy, mask_token_positions
 from perceiver_stream.model.mlm import IGNORE_INDEX, MLMOutput, PerceiverMLM, checkpoint_layers, is_attention_layer
 
 Batch = Mapping[str, torch.Tensor]
@@ -64,8 +64,7 @@ class ComposerPerceiverMLM(ComposerModel):
 
     def update_metric(self, batch: Batch, outputs: MLMOutput, metric: Metric) -> None:
         if isinstance(metric, MaskTokenAccuracy | MaskTokenUnigramAccuracy):
-            # the labelled positions in row-major order, as MLMOutput holds them
-            is_mask = batch["input_ids"][batch["labels"] != IGNORE_INDEX] == self.mask_token_id
+            is_mask = mask_token_positions(batch["input_ids"], batch["labels"], self.mask_token_id)
             metric.update(outputs.logits, outputs.targets, is_mask)
         else:
             metric.update(outputs.logits, outputs.targets)

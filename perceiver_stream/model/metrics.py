@@ -11,6 +11,13 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from perceiver_stream.model.mlm import IGNORE_INDEX
+
+
+def mask_token_positions(input_ids: torch.Tensor, labels: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """Which labelled positions (in row-major order, as ``MLMOutput`` holds them) had ``<mask>`` as input."""
+    return input_ids[labels != IGNORE_INDEX] == mask_token_id
+
 
 class MaskTokenAccuracy(Metric):
     """Top-1 accuracy at positions whose input token was ``<mask>``."""
