@@ -81,8 +81,8 @@ class PerceiverMLMConfig:
         init_scale: std of the normal initialisation of all weights (paper: 0.02).
         local_init: start both cross-attentions local (``perceiver_stream.model.local_init``): latent i reads
             the input positions around its share of the sequence and output query p the latents around p.
-            Without it the model predicts the unigram distribution for thousands of steps (README, "Learning").
-            Only initial values change; the architecture and the export are the same.
+            Meant to shorten the unigram plateau; at seq 128 it has not yet done so (README, "Learning"). Only
+            initial values change; the architecture and the export are the same.
         layer_norm_eps: epsilon of every LayerNorm.
         activation_checkpointing: recompute each attention layer's activations in the backward pass.
         activation_offloading: keep checkpointed activations in host memory (needs checkpointing on).
