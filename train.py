@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
             print(summary(cfg, dist.get_world_size()))
             return
         trainer = build_trainer(cfg)
-    except (ConfigError, DataError, ValueError) as e:
+    except (ConfigError, DataError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     if cfg.eval_first and trainer.state.timestamp.batch.value == 0:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from convert.sources import FORMATS, InputError, Source, Stats, expand_inputs
+from convert.sources import FORMATS, MAX_REPLACED_FRACTION, InputError, Source, Stats, expand_inputs
 
 WIKIBOOK = {
     "wikipedia": ("wikipedia", "20220301.en"),
@@ -25,6 +27,8 @@ def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: flo
                         help="what to do with each worker's final partial sample")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     parser.add_argument("--shard-size-limit", type=int, default=1 << 26, help="bytes per MDS shard")
+    parser.add_argument("--max-replaced-fraction", type=float, default=MAX_REPLACED_FRACTION,
+                        help="fail when more than this fraction of an input file's bytes is not UTF-8")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> None:
     from convert.writer import Options, convert
 
     options = Options(tokenizer=args.tokenizer, max_seq_len=args.max_seq_len, val_fraction=args.val_fraction,
-                      final_sample=args.final_sample, workers=args.workers, shard_size_limit=args.shard_size_limit)
+                      final_sample=args.final_sample, workers=args.workers, shard_size_limit=args.shard_size_limit,
+                      max_replaced_fraction=args.max_replaced_fraction)
     if args.command == "text":
         streams = {".": Source("files", tuple(map(str, expand_inputs(args.input))), args.format, args.text_field)}
     else:
@@ -87,13 +92,23 @@ def run(args: argparse.Namespace) -> None:
     convert(streams, args.out, options, overwrite=args.overwrite)
 
 
+def _terminated(signum: int, frame) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: workers stopped, the unfinished output removed
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         run(args)
     except InputError as e:
         print(f"perceiver-convert: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"perceiver-convert: interrupted; nothing was written to {getattr(args, 'out', 'the output')}",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+MAX_REPLACED_FRACTION = 0.001  # default share of a file's bytes that may be undecodable (not UTF-8)
 FORMATS = ("auto", "txt", "jsonl", "parquet", "wikiextractor", "gutenberg", "wikidump")
 
 _WIKIEXTRACTOR_DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.DOTALL)
@@ -43,6 +44,14 @@ class Stats:
 
     skipped: Counter = field(default_factory=Counter)
     replaced_bytes: int = 0
+    decoded_bytes: Counter = field(default_factory=Counter)  # per file
+    replaced_by_file: Counter = field(default_factory=Counter)
+    not_text_files: list[str] = field(default_factory=list)
+
+    def worst_files(self, max_fraction: float) -> list[tuple[str, float]]:
+        """Files whose share of replaced (undecodable) bytes exceeds ``max_fraction``, worst first."""
+        fractions = {f: n / max(self.decoded_bytes[f], 1) for f, n in self.replaced_by_file.items()}
+        return sorted(((f, x) for f, x in fractions.items() if x > max_fraction), key=lambda fx: -fx[1])
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -62,8 +71,8 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return files
 
 
-def decode(data: bytes, stats: Stats) -> str:
-    """UTF-8 text (a BOM dropped, CRLF/CR made LF); undecodable bytes become U+FFFD and are counted."""
+def decode(data: bytes, stats: Stats, path: Path) -> str:
+    """UTF-8 text (a BOM dropped, CRLF/CR made LF); undecodable bytes become U+FFFD and are counted per file."""
     errors = 0
 
     def count_and_replace(error: UnicodeDecodeError) -> tuple[str, int]:
@@ -74,11 +83,23 @@ def decode(data: bytes, stats: Stats) -> str:
     codecs.register_error("perceiver_stream_count", count_and_replace)
     text = data.decode("utf-8-sig", errors="perceiver_stream_count")
     stats.replaced_bytes += errors
+    stats.decoded_bytes[str(path)] += len(data)
+    if errors:
+        stats.replaced_by_file[str(path)] += errors
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def sniff_format(path: Path) -> str:
-    """The format of ``path`` from its name, else from its first kilobytes."""
+def is_text(head: bytes) -> bool:
+    """Whether a file's first kilobytes look like text: no NUL byte, and at most 1% not UTF-8 (latin-1 prose
+    passes; images, archives and other binary files do not)."""
+    if b"\0" in head:
+        return False
+    text = head.decode("utf-8", errors="replace")
+    return text.count("\ufffd") <= 0.01 * max(len(head), 1) + 3  # a multi-byte character cut at the end
+
+
+def sniff_format(path: Path) -> str | None:
+    """The format of ``path`` from its name, else from its first kilobytes; None for a file that is not text."""
     name = path.name.lower()
     if name.endswith((".jsonl", ".json")):
         return "jsonl"
@@ -87,7 +108,10 @@ def sniff_format(path: Path) -> str:
     if name.endswith((".xml.bz2", ".xml")):
         return "wikidump"
     with open(path, "rb") as f:
-        head = f.read(1 << 16).decode("utf-8", errors="replace")
+        raw = f.read(1 << 16)
+    if not is_text(raw):
+        return None
+    head = raw.decode("utf-8", errors="replace")
     if head.lstrip("\ufeff").lstrip().startswith("<doc"):
         return "wikiextractor"
     if "*** START OF" in head:
@@ -97,12 +121,12 @@ def sniff_format(path: Path) -> str:
 
 def read_txt(path: Path, stats: Stats) -> Iterator[str]:
     """The whole file is one document."""
-    yield decode(path.read_bytes(), stats)
+    yield decode(path.read_bytes(), stats, path)
 
 
 def read_wikiextractor(path: Path, stats: Stats) -> Iterator[str]:
     """``<doc ...>`` blocks; the body's first line is the title and is dropped; title-only stubs count as skipped."""
-    for match in _WIKIEXTRACTOR_DOC.finditer(decode(path.read_bytes(), stats)):
+    for match in _WIKIEXTRACTOR_DOC.finditer(decode(path.read_bytes(), stats, path)):
         lines = match.group(1).strip().split("\n")
         body = "\n".join(lines[1:]).strip()
         if body:
@@ -113,7 +137,7 @@ def read_wikiextractor(path: Path, stats: Stats) -> Iterator[str]:
 
 def read_gutenberg(path: Path, stats: Stats) -> Iterator[str]:
     """The text between the ``*** START OF`` and ``*** END OF`` marker lines (licence and header dropped)."""
-    text = decode(path.read_bytes(), stats)
+    text = decode(path.read_bytes(), stats, path)
     start = _GUTENBERG_START.search(text)
     end = _GUTENBERG_END.search(text, start.end()) if start else None
     if start is None or end is None or end.start() < start.end():
@@ -128,7 +152,7 @@ def read_jsonl(path: Path, stats: Stats, text_field: str) -> Iterator[str]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(decode(line, stats))
+                record = json.loads(decode(line, stats, path))
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{line_number}: not a JSON object ({e.msg})") from None
             if not isinstance(record, dict) or text_field not in record:
@@ -139,11 +163,19 @@ def read_jsonl(path: Path, stats: Stats, text_field: str) -> Iterator[str]:
 
 
 def read_parquet(path: Path, stats: Stats, text_field: str) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a parquet file ({e}); pass the --format of what it holds") from None
     if text_field not in schema.names:
         raise InputError(f"{path}: no --text-field {text_field!r} column (columns: {schema.names})")
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise InputError(f"{path}: column {text_field!r} holds {kind}, not text; pass the --text-field of a "
+                         "string column")
     for batch in pq.ParquetFile(path).iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text is None:
@@ -206,7 +238,12 @@ def wikitext_to_text(wikitext: str) -> str:
 
 
 def read_file(path: Path, fmt: str, stats: Stats, text_field: str) -> Iterator[str]:
+    """The documents of one file; with ``--format auto`` a file that is not text is skipped and counted."""
     fmt = sniff_format(path) if fmt == "auto" else fmt
+    if fmt is None:
+        stats.skipped["not_text_file"] += 1
+        stats.not_text_files.append(str(path))
+        return iter(())
     if fmt in ("jsonl", "parquet"):
         return (read_jsonl if fmt == "jsonl" else read_parquet)(path, stats, text_field)
     readers = {"txt": read_txt, "wikiextractor": read_wikiextractor, "gutenberg": read_gutenberg,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from convert.sources import InputError
-from perceiver_stream.data.tokenizer import fingerprint
+from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint
+from perceiver_stream.data.tokenizer import load_tokenizer as load_any_tokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<cls>", "<sep>", "<mask>")
 
@@ -16,9 +17,9 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<cls>", "<sep>", "<mask>")
 def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
     """A fast tokenizer with mask, pad and separator tokens, or a clear error naming what is missing."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_dir, use_fast=True)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--tokenizer {name_or_dir}: cannot load ({str(e).splitlines()[0]})") from None
+        tokenizer = load_any_tokenizer(name_or_dir)
+    except TokenizerLoadError as e:
+        raise InputError(f"--tokenizer {e}") from None
     if not tokenizer.is_fast:
         raise InputError(f"--tokenizer {name_or_dir}: not a fast tokenizer (word boundaries need word_ids())")
     missing = [name for name in ("mask_token", "pad_token") if getattr(tokenizer, name) is None]

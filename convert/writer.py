@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 import perceiver_stream
 from convert.packing import Packer, token_dtype, tokenize
-from convert.sources import InputError, Source, Stats
+from convert.sources import MAX_REPLACED_FRACTION, InputError, Source, Stats
 from convert.tokenizer import describe, load_tokenizer, separator_id
 from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT, SPLITS
 
@@ -45,6 +46,7 @@ class Options:
     workers: int = 1
     shard_size_limit: int = 1 << 26
     batch_documents: int = 64
+    max_replaced_fraction: float = MAX_REPLACED_FRACTION
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 2:
@@ -55,6 +57,8 @@ class Options:
             raise InputError(f"--final-sample {self.final_sample}: expected pad or drop")
         if self.workers < 1:
             raise InputError(f"--workers {self.workers}: must be at least 1")
+        if not 0.0 <= self.max_replaced_fraction <= 1.0:
+            raise InputError(f"--max-replaced-fraction {self.max_replaced_fraction}: must be in [0, 1]")
 
 
 @dataclass
@@ -76,7 +80,8 @@ def is_val(text: str, val_fraction: float) -> bool:
 
 
 Report = Callable[[tuple[int, int, int]], None]  # (documents, tokens, bytes) done since the last report
-_report: Report | None = None  # set in each pool worker by _set_report
+_report: Report | None = None  # set in each pool worker by _start_worker
+PARENT_CHECK_SECONDS = 0.5
 
 
 def _convert_part(source: Source, root: Path, worker: int, options: Options,
@@ -122,9 +127,29 @@ def _convert_part(source: Source, root: Path, worker: int, options: Options,
     return result
 
 
-def _set_report(queue) -> None:
+def _start_worker(queue, parent: int) -> None:
+    """Pool initializer: progress reports go to the parent's queue, and the worker exits once the parent is gone
+    (a parent killed with SIGKILL cannot stop its workers; without this they would wait on a pipe forever)."""
     global _report
     _report = queue.put
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is adopted by another process
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the workers now: ``shutdown`` alone would wait for the running
+    conversions to finish (and so would the interpreter's exit)."""
+    processes = list((pool._processes or {}).values())  # no public handle on the workers before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
 
 
 def _run_workers(source: Source, root: Path, options: Options, description: str) -> list[PartResult]:
@@ -143,14 +168,14 @@ def _run_workers(source: Source, root: Path, options: Options, description: str)
         results = [_convert_part(source, root, 0, options, update)]
     else:
         # Not "fork": the caller may hold threads (tqdm's monitor, tokenizers, streaming, torch), and a child
-        # forked while one of them holds a lock waits on it forever. A fork server starts once per process,
-        # imports this module once, and forks each worker from that single-threaded state. An executor, not a
-        # Pool: a worker killed by the OS breaks it with an error instead of leaving the map waiting forever.
-        context = mp.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        # forked while one of them holds a lock waits on it forever. Not a fork server either: its workers are
+        # not our children, and they outlived a killed parent. An executor, not a Pool: a worker killed by the
+        # OS breaks it with an error instead of leaving the map waiting forever.
+        context = mp.get_context("spawn")
         queue = context.Queue()
-        with ProcessPoolExecutor(options.workers, mp_context=context, initializer=_set_report,
-                                 initargs=(queue,)) as pool:
+        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker,
+                                   initargs=(queue, os.getpid()))
+        try:
             futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
             while not all(f.done() for f in futures):
                 try:
@@ -162,6 +187,10 @@ def _run_workers(source: Source, root: Path, options: Options, description: str)
             except BrokenProcessPool as error:
                 raise RuntimeError(f"{description}: a conversion worker died ({error}); killed for memory? "
                                    "Nothing was written to the output; retry with fewer --workers") from None
+        except BaseException:  # an error in a worker, SIGTERM, Ctrl-C: no worker may keep running
+            _stop(pool)
+            raise
+        pool.shutdown()
         while not queue.empty():
             update(queue.get())
     progress.close()
@@ -183,9 +212,6 @@ def _merge(split_dir: Path) -> None:
 
 
 def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str, parts: list[PartResult]) -> dict:
-    skipped = Counter(parts[0].stats.skipped)  # every worker reads every document: worker 0's counts are whole
-    skipped["empty"] = sum(p.stats.skipped["empty"] for p in parts)  # but each renders only its own share
-    skipped = +skipped
     return {
         "format": MANIFEST_FORMAT,
         "package_version": perceiver_stream.__version__,
@@ -204,10 +230,17 @@ def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str
         },
         "source_counts": {
             "documents_converted": sum(sum(p.documents.values()) for p in parts),
-            "documents_skipped": dict(sorted(skipped.items())),
+            "documents_skipped": _skipped(parts),
             "undecodable_bytes_replaced": parts[0].stats.replaced_bytes,
+            "files_not_text": parts[0].stats.not_text_files,
         },
     }
+
+
+def _skipped(parts: list[PartResult]) -> dict[str, int]:
+    skipped = Counter(parts[0].stats.skipped)  # every worker reads every document: worker 0's counts are whole
+    skipped["empty"] = sum(p.stats.skipped["empty"] for p in parts)  # but each renders only its own share
+    return dict(sorted((+skipped).items()))
 
 
 def _output_layout(out: Path) -> list[Path]:
@@ -273,19 +306,17 @@ def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: 
     if partial.exists():
         print(f"removing the unfinished output of an interrupted run: {partial}")
         shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
-    manifests = {}
     start = time.monotonic()
-    for name, source in streams.items():
-        root = partial / name
-        parts = _run_workers(source, root, options, f"converting {name if name != '.' else out.name}")
-        for split in SPLITS:
-            split_dir = root / split
-            _merge(split_dir)
-            manifest = _manifest(source, options, tokenizer_info, split, parts)
-            (split_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            manifests[os.path.normpath(f"{name}/{split}")] = manifest
+    try:
+        manifests = _convert_streams(streams, partial, options, tokenizer_info, out.name)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written stays behind
+        raise
     if out.exists():
         trash = out.parent / f".{out.name}.replaced"
         os.replace(out, trash)
@@ -297,13 +328,48 @@ def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: 
     return manifests
 
 
+def _convert_streams(streams: dict[str, Source], partial: Path, options: Options, tokenizer_info: dict,
+                     out_name: str) -> dict[str, dict]:
+    manifests = {}
+    for name, source in streams.items():
+        root = partial / name
+        parts = _run_workers(source, root, options, f"converting {name if name != '.' else out_name}")
+        _check_input_quality(name, parts, options)
+        for split in SPLITS:
+            split_dir = root / split
+            _merge(split_dir)
+            manifest = _manifest(source, options, tokenizer_info, split, parts)
+            (split_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            manifests[os.path.normpath(f"{name}/{split}")] = manifest
+    return manifests
+
+
+def _check_input_quality(name: str, parts: list[PartResult], options: Options) -> None:
+    """Refuse input that is mostly not UTF-8 text, and input that gives no sample at all."""
+    stats = parts[0].stats  # every worker reads every document: worker 0's decoding counts are whole
+    stream = "" if name == "." else f"stream {name}: "
+    worst = stats.worst_files(options.max_replaced_fraction)
+    if worst:
+        named = ", ".join(f"{f} ({x:.1%})" for f, x in worst[:3]) + (f" and {len(worst) - 3} more" if len(worst) > 3
+                                                                      else "")
+        raise InputError(f"{stream}{len(worst)} input file(s) are not UTF-8 text beyond --max-replaced-fraction "
+                         f"{options.max_replaced_fraction}: {named}. Convert them to UTF-8 (e.g. iconv -f latin1 "
+                         "-t utf-8), remove them, or raise --max-replaced-fraction")
+    if sum(p.samples["train"] + p.samples["val"] for p in parts) == 0:
+        raise InputError(f"{stream}the input gives no samples (no text to convert; skipped documents: "
+                         f"{_skipped(parts) or 'none'}); check --input and --format")
+
+
 def _summary(manifests: dict[str, dict], out: Path, seconds: float) -> None:
     tokens = sum(m["counts"]["tokens"] for m in manifests.values())
     samples = ", ".join(f"{key} {m['counts']['samples']:,}" for key, m in manifests.items())
     skipped: Counter = Counter()
+    replaced = 0
     for key, manifest in manifests.items():
-        if key.endswith("train"):
+        if key.endswith("train"):  # each stream's source counts are in both of its splits' manifests
             skipped.update(manifest["source_counts"]["documents_skipped"])
+            replaced += manifest["source_counts"]["undecodable_bytes_replaced"]
     skipped_text = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
     print(f"converted {tokens:,} tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tokens/s) "
-          f"-> samples: {samples}; skipped documents: {skipped_text}; output: {out}")
+          f"-> samples: {samples}; skipped documents: {skipped_text}; undecodable bytes replaced: {replaced:,}; "
+          f"output: {out}")

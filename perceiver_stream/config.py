@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -35,6 +36,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
         return OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid yaml ({getattr(e, 'problem', None) or e})") from None
 
 
 def build(cls: type[T], data: Any, path: str = "") -> T:
@@ -42,7 +47,10 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{path.rstrip('.') or 'configuration'}: expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    removed = getattr(cls, "REMOVED_KEYS", {})
     for key in data:
+        if key in removed:
+            raise ConfigError(f"{path}{key} is no longer a key: {removed[key]}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(path + c for c in close)}?" if close else \

@@ -14,12 +14,12 @@ import xxhash
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.distributed import get_local_rank
 from streaming.base.storage import CloudDownloader
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from perceiver_stream.data.config import DataConfig, StreamConfig
 from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT
 from perceiver_stream.data.masking import MLMCollator
-from perceiver_stream.data.tokenizer import fingerprint
+from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def read_manifest(name: str, stream: StreamConfig, split: str, timeout: float) -
     if not path.exists():
         raise DataError(f"stream {name!r} ({split}): no {path}; convert the corpus with perceiver-convert and "
                         f"point data.streams.{name}.local (or .remote) at its output")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, f"stream {name!r} ({split})")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"stream {name!r} ({split}): {path} has format {manifest.get('format')!r}, "
                         f"expected {MANIFEST_FORMAT!r}")
@@ -100,26 +100,53 @@ def check_manifest(name: str, split: str, manifest: dict, cfg: DataConfig, token
             )
 
 
+def read_json(path: Path, what: str) -> Any:
+    """``path`` parsed, or a ``DataError`` naming the file when it is not JSON (truncated, overwritten)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{what}: {path} is not valid JSON ({e}); it is truncated or overwritten, "
+                        "reconvert the corpus or copy the file again") from None
+
+
+def _mismatch(path: Path, data: dict) -> str | None:
+    """The file's xxh64 when it differs from the one ``index.json`` records for it, else None."""
+    expected = data.get("hashes", {}).get("xxh64")
+    if expected is None:
+        return None
+    digest = xxhash.xxh64()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return None if digest.hexdigest() == expected else digest.hexdigest()
+
+
 def verify_shards(name: str, split_dir: Path) -> int:
-    """Check that each shard listed in ``index.json`` exists and matches its xxh64 hash; returns the count."""
+    """Check each shard listed in ``index.json`` against its xxh64 hash; returns the count.
+
+    Streaming reads the decompressed ``.mds`` it leaves beside a ``.mds.zstd`` after the first run, so that
+    file is what training reads: it is checked too, and a corrupted one is removed (with a warning) so that
+    streaming decompresses it again from the verified compressed shard.
+    """
     index_path = split_dir / "index.json"
     if not index_path.exists():
         raise DataError(f"stream {name!r}: missing {index_path}")
-    shards = json.loads(index_path.read_text())["shards"]
+    shards = read_json(index_path, f"stream {name!r}")["shards"]
     for shard in shards:
-        data = shard.get("zip_data") or shard["raw_data"]
+        raw, zipped = shard["raw_data"], shard.get("zip_data")
+        data = zipped or raw
         path = split_dir / data["basename"]
         if not path.exists():
             raise DataError(f"stream {name!r}: missing shard {path}")
-        expected = data.get("hashes", {}).get("xxh64")
-        if expected is not None:
-            digest = xxhash.xxh64()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    digest.update(chunk)
-            if digest.hexdigest() != expected:
-                raise DataError(f"stream {name!r}: shard {path} is corrupted (xxh64 {digest.hexdigest()}, "
-                                f"index.json says {expected})")
+        if (found := _mismatch(path, data)) is not None:
+            raise DataError(f"stream {name!r}: shard {path} is corrupted (xxh64 {found}, index.json says "
+                            f"{data['hashes']['xxh64']})")
+        raw_path = split_dir / raw["basename"]
+        if zipped and raw_path.exists() and (found := _mismatch(raw_path, raw)) is not None:
+            log.warning("stream %r: decompressed shard %s is corrupted (xxh64 %s, index.json says %s); removed it, "
+                        "streaming decompresses it again from the verified %s", name, raw_path, found,
+                        raw["hashes"]["xxh64"], zipped["basename"])
+            raw_path.unlink()
     return len(shards)
 
 
@@ -128,7 +155,10 @@ def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> Data
 
     Shards are hashed by local rank 0 only: the ranks of a node read the same files.
     """
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, use_fast=True)
+    try:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    except TokenizerLoadError as e:
+        raise DataError(f"data.tokenizer={e}") from None
     tokenizer_fingerprint = fingerprint(tokenizer)
     manifests = {}
     for name, stream in cfg.streams.items():

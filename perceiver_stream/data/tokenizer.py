@@ -5,7 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+
+class TokenizerLoadError(ValueError):
+    """A tokenizer that cannot be loaded; the message is transformers' reason, on one line."""
+
+
+def load_tokenizer(name_or_dir: str, **kwargs) -> PreTrainedTokenizerFast:
+    """``AutoTokenizer.from_pretrained``, with any failure as a ``TokenizerLoadError``: transformers raises
+    OSError, ValueError, or for a directory without tokenizer files an AttributeError."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_dir, use_fast=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - third-party loading of user input; the reason is passed on
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise TokenizerLoadError(f"{name_or_dir}: cannot load a tokenizer ({reason}); expected a hub name or a "
+                                 "directory saved with save_pretrained") from None
 
 
 def fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:

@@ -38,6 +38,14 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if self.name not in ("lamb", "adamw"):
             raise ValueError(f"optimizer.name={self.name!r}: expected 'lamb' or 'adamw'")
+        checks = {"lr": self.lr > 0, "eps": self.eps >= 0, "weight_decay": self.weight_decay >= 0,
+                  "clamp_value": self.clamp_value >= 0}
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"optimizer.{key}={getattr(self, key)}: must be "
+                                 f"{'positive' if key == 'lr' else 'at least 0'}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optimizer.betas={self.betas}: expected two values in [0, 1)")
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_weight_decay: list[str]) -> list[dict]:

@@ -67,16 +67,16 @@ class Lamb(Optimizer):
         process_group: dist.ProcessGroup | str | None = None,
     ):
         if lr <= 0.0:
-            raise ValueError(f"optimizer.lr={lr}: must be positive")
+            raise ValueError(f"lr={lr}: must be positive")
         if eps < 0.0:
-            raise ValueError(f"optimizer.eps={eps}: must not be negative")
+            raise ValueError(f"eps={eps}: must not be negative")
         for i, beta in enumerate(betas):
             if not 0.0 <= beta < 1.0:
-                raise ValueError(f"optimizer.betas[{i}]={beta}: must be in [0, 1)")
+                raise ValueError(f"betas[{i}]={beta}: must be in [0, 1)")
         if weight_decay < 0.0:
-            raise ValueError(f"optimizer.weight_decay={weight_decay}: must not be negative")
+            raise ValueError(f"weight_decay={weight_decay}: must not be negative")
         if clamp_value < 0.0:
-            raise ValueError(f"optimizer.clamp_value={clamp_value}: must not be negative")
+            raise ValueError(f"clamp_value={clamp_value}: must not be negative")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, clamp_value=clamp_value,
                         adam=adam, debias=debias)
         super().__init__(params, defaults)

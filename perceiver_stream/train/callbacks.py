@@ -15,6 +15,8 @@ from composer.utils import dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerFast
 
+from perceiver_stream.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -112,7 +114,7 @@ class ResumeGuard(Callback):
         changed = [f"{key}={saved[key]!r} in the checkpoint but {self.settings.get(key)!r} now"
                    for key in sorted(saved) if saved[key] != self.settings.get(key)]
         if changed:
-            raise ValueError("cannot resume exactly: the checkpoint was written with other settings that decide the "
+            raise ConfigError("cannot resume exactly: the checkpoint was written with other settings that decide the "
                              "order of samples and their masks: " + "; ".join(changed) +
                              ". Restore them, or start a new run (new run_name or save_folder)")
 

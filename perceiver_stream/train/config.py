@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from perceiver_stream.config import ConfigError
 from perceiver_stream.data.config import DataConfig
 from perceiver_stream.model.config import PerceiverMLMConfig
 from perceiver_stream.optim.build import OptimizerConfig
@@ -39,19 +41,22 @@ class FSDPSettings:
             to resharding after forward and SHARD_GRAD_OP to keeping parameters gathered).
         mixed_precision: Composer's FSDP mixed-precision preset (DEFAULT, PURE, FULL).
         state_dict_type: ``full`` or ``sharded`` checkpoints.
-        activation_checkpointing, activation_cpu_offload: the same settings as
-            ``model.activation_checkpointing`` / ``model.activation_offloading``; leave them unset (null)
-            to follow the model, since they are one setting. A contradicting value is an error.
-        cpu_offload: parameter offload; Composer 0.32.1 has none, so true is an error.
+
+    Activation checkpointing and offloading are ``model.*`` settings, the same under every parallelism; the
+    keys Composer's FSDP config has for them are not repeated here (``REMOVED_KEYS``).
     """
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "activation_checkpointing": "set model.activation_checkpointing (one setting under every parallelism)",
+        "activation_cpu_offload": "set model.activation_offloading (one setting under every parallelism)",
+        "cpu_offload": "Composer 0.32.1 has no FSDP parameter offload; to save GPU memory offload activations with "
+                       "model.activation_offloading=true",
+    }
 
     version: int = 2
     sharding_strategy: str = "FULL_SHARD"
     mixed_precision: str = "DEFAULT"
     state_dict_type: str = "full"
-    activation_checkpointing: bool | None = None
-    activation_cpu_offload: bool | None = None
-    cpu_offload: bool = False
 
     def __post_init__(self) -> None:
         if self.version not in (1, 2):
@@ -61,11 +66,6 @@ class FSDPSettings:
                              f"{', '.join(SHARDING_STRATEGIES)}")
         if self.state_dict_type not in ("full", "sharded"):
             raise ValueError(f"parallelism.fsdp.state_dict_type={self.state_dict_type!r}: expected full or sharded")
-        if self.cpu_offload:
-            raise ValueError(
-                "parallelism.fsdp.cpu_offload=true: Composer 0.32.1 has no FSDP parameter offload ('not supported "
-                "yet'); to save GPU memory offload activations with model.activation_offloading=true"
-            )
 
 
 @dataclass
@@ -150,6 +150,9 @@ class TrainConfig:
     dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
+        for key in ("global_train_batch_size", "device_train_microbatch_size", "device_eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)}: must be at least 1")
         if self.precision not in ("fp32", "amp_bf16", "amp_fp16"):
             raise ValueError(f"precision={self.precision!r}: expected fp32, amp_bf16 or amp_fp16")
         if self.autoresume and (self.save_folder is None or not self.run_name):
@@ -157,17 +160,6 @@ class TrainConfig:
         if self.model.max_seq_len < self.data.max_seq_len:
             raise ValueError(f"model.max_seq_len={self.model.max_seq_len} is smaller than "
                              f"data.max_seq_len={self.data.max_seq_len}")
-        fsdp = self.parallelism.fsdp
-        if fsdp is not None:
-            for fsdp_key, model_key in (("activation_checkpointing", "activation_checkpointing"),
-                                        ("activation_cpu_offload", "activation_offloading")):
-                value = getattr(fsdp, fsdp_key)
-                if value is not None and value != getattr(self.model, model_key):
-                    raise ValueError(
-                        f"parallelism.fsdp.{fsdp_key}={value} contradicts model.{model_key}="
-                        f"{getattr(self.model, model_key)}: they are one setting; set model.{model_key} and leave "
-                        f"parallelism.fsdp.{fsdp_key} unset"
-                    )
 
 
 @dataclass
@@ -186,12 +178,12 @@ class BatchPlan:
 def batch_plan(cfg: TrainConfig, world_size: int) -> BatchPlan:
     """The per-device batch of ``global_train_batch_size`` on ``world_size`` devices, or a clear error."""
     if cfg.global_train_batch_size % world_size:
-        raise ValueError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the "
+        raise ConfigError(f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the "
                          f"{world_size} devices of this run")
     device_batch = cfg.global_train_batch_size // world_size
     microbatch = min(cfg.device_train_microbatch_size, device_batch)  # more devices, same yaml: no accumulation
     if device_batch % microbatch:
-        raise ValueError(f"device_train_microbatch_size={cfg.device_train_microbatch_size} does not divide the "
+        raise ConfigError(f"device_train_microbatch_size={cfg.device_train_microbatch_size} does not divide the "
                          f"per-device batch {device_batch} (global_train_batch_size={cfg.global_train_batch_size} "
                          f"on {world_size} devices)")
     return BatchPlan(world_size, device_batch, microbatch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 from composer import Trainer
@@ -16,7 +18,7 @@ from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config, FSDPConfig
 from streaming.base.util import clean_stale_shared_memory
 
-from perceiver_stream.config import to_dict
+from perceiver_stream.config import ConfigError, to_dict
 from perceiver_stream.data import DataInfo, build_dataloader, prepare
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
@@ -35,10 +37,24 @@ def check_environment(cfg: TrainConfig) -> None:
     """Settings this machine cannot run, refused with the fix."""
     if device_name() == "cpu":
         if cfg.precision != "fp32":
-            raise ValueError(f"precision={cfg.precision} needs a GPU; use precision=fp32 on CPU")
+            raise ConfigError(f"precision={cfg.precision} needs a GPU; use precision=fp32 on CPU")
         if cfg.parallelism.fsdp is not None and cfg.parallelism.fsdp.version == 1:
-            raise ValueError("parallelism.fsdp.version=1 needs GPUs (Composer 0.32.1's FSDP1 calls "
+            raise ConfigError("parallelism.fsdp.version=1 needs GPUs (Composer 0.32.1's FSDP1 calls "
                              "torch.cuda.current_device()); use parallelism.fsdp.version=2 on CPU")
+
+
+def check_save_folder(cfg: TrainConfig) -> None:
+    """A local ``save_folder`` must be writable before training, not at the first checkpoint hours later."""
+    if not cfg.save_folder or "://" in cfg.save_folder:
+        return
+    folder = Path(cfg.save_folder.format(run_name=cfg.run_name))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(f"save_folder={cfg.save_folder!r}: cannot write checkpoints to {folder} ({e.strerror}); "
+                          "choose a writable directory") from None
 
 
 def share_cpu_threads() -> None:
@@ -128,6 +144,8 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
 def build_trainer(cfg: TrainConfig) -> Trainer:
     """Everything checked first (environment, batch plan, shards), then the Trainer."""
     check_environment(cfg)
+    if dist.get_global_rank() == 0:
+        check_save_folder(cfg)
     share_cpu_threads()
     plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
     if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder and dist.get_global_rank() == 0:
@@ -136,7 +154,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     clean_stale_shared_memory()  # every rank: local rank 0 cleans while the others wait at its barrier
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
-        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "
                          f"{len(info.tokenizer)} tokens")
     train_loader = build_dataloader(cfg.data, info, "train", plan.device_batch_size, cfg.seed)
     eval_loader = build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed)

@@ -156,6 +156,57 @@ def test_bad_input_is_a_clear_error(tmp_path, wiki_files, capsys, argv, message)
     assert not (tmp_path / "o").exists()
 
 
+def convert_cli(tmp_path, capsys, *extra: str, inputs=()) -> tuple[int, str]:
+    """Exit status and stderr+stdout of ``perceiver-convert text`` into ``tmp_path / "o"``."""
+    try:
+        run_cli("text", "--input", *inputs, "--tokenizer", xlnet(), "--out", tmp_path / "o", "--workers", "1", *extra)
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def test_input_that_is_not_utf8_text_fails_naming_the_file(tmp_path, wiki_files, capsys):
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes())
+    latin1 = tmp_path / "latin1.txt"
+    text = "Déjà vu à la française, naïve façade. " * 200
+    latin1.write_bytes(text.encode("latin-1"))
+    code, out = convert_cli(tmp_path, capsys, "--format", "txt", inputs=(wiki_files[0], garbage, latin1))
+    assert code == 2
+    assert (f"2 input file(s) are not UTF-8 text beyond --max-replaced-fraction 0.001: {garbage} (" in out
+            and f"{latin1} (" in out and "iconv -f latin1" in out)
+    assert not (tmp_path / "o").exists() and not (tmp_path / ".o.partial").exists()
+    code, out = convert_cli(tmp_path, capsys, "--format", "txt", "--max-replaced-fraction", "1",
+                            inputs=(wiki_files[0], latin1))
+    assert code == 0
+    replaced = json.loads((tmp_path / "o" / "train" / "manifest.json").read_text())["source_counts"]
+    accents = sum(not c.isascii() for c in text)  # each a lone latin-1 byte that is not UTF-8
+    assert replaced["undecodable_bytes_replaced"] == accents
+    assert f"undecodable bytes replaced: {accents:,};" in out
+
+
+def test_empty_input_is_an_error_not_an_empty_dataset(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    code, out = convert_cli(tmp_path, capsys, inputs=(tmp_path / "empty.txt",))
+    assert code == 2
+    assert "the input gives no samples (no text to convert; skipped documents: {'empty': 1})" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_auto_format_skips_and_counts_files_that_are_not_text(tmp_path, wiki_files, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "wiki.txt").write_text(Path(wiki_files[0]).read_text()[:20_000])
+    png = corpus / "figure.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)
+    code, out = convert_cli(tmp_path, capsys, inputs=(corpus,))
+    assert code == 0 and "skipped documents: not_text_file 1, wikiextractor_stub " in out
+    counts = json.loads((tmp_path / "o" / "train" / "manifest.json").read_text())["source_counts"]
+    assert counts["files_not_text"] == [str(png)] and counts["undecodable_bytes_replaced"] == 0
+
+
 def test_tokenizer_without_mask_token_is_refused(tmp_path, capsys):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -189,22 +240,56 @@ def test_killed_conversion_leaves_nothing_that_looks_finished(tmp_path):
     assert not partial.exists() and (out / "train" / "manifest.json").exists()
 
 
-def _children(pid: int) -> list[int]:
+def _workers(pid: int) -> list[int]:
+    """The conversion workers (spawned pool processes) whose parent is ``pid``."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
             found.append(int(stat.parent.name))
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_converter_stops_its_workers(tmp_path, sig):
+    fifo = tmp_path / "doc.txt"
+    os.mkfifo(fifo)  # every worker blocks opening it: they are alive and busy when the parent is killed
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "convert", "text", "--input", str(fifo), "--format", "txt",
+                                "--tokenizer", xlnet(), "--out", str(out), "--workers", "2"],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(workers := _workers(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) == 2
+    time.sleep(1.0)  # the workers' parent check runs
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, workers))
+    if sig == signal.SIGTERM:
+        assert process.returncode == 130
+        assert f"perceiver-convert: interrupted; nothing was written to {out}" in err
+        assert not out.exists() and not (tmp_path / ".out.partial").exists()
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
 def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
-    import multiprocessing.forkserver as forkserver
-
     fifo = tmp_path / "doc.txt"
     os.mkfifo(fifo)  # every worker blocks opening it, so there is time to kill one
     errors = []
@@ -212,8 +297,7 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
     def kill_one_worker() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            server = forkserver._forkserver._forkserver_pid
-            workers = _children(server) if server else []
+            workers = _workers(os.getpid())
             if len(workers) == 2:
                 os.kill(workers[0], signal.SIGKILL)
                 return

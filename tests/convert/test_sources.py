@@ -43,7 +43,8 @@ def test_old_gutenberg_end_markers(tmp_path):
 def test_gutenberg_without_markers_is_counted(tmp_path):
     path = tmp_path / "b.txt"
     path.write_text("no markers")
-    assert docs(path, "gutenberg") == ([], Stats(skipped={"gutenberg_without_markers": 1}))
+    texts, stats = docs(path, "gutenberg")
+    assert texts == [] and stats.skipped == {"gutenberg_without_markers": 1}
 
 
 def test_wikiextractor_drops_titles_and_counts_stubs(tmp_path):
@@ -82,6 +83,8 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     (text,), stats = docs(path, "txt")
     assert text == "caf\ufffd and \ufffd\ufffd ok"
     assert stats.replaced_bytes == 3
+    assert stats.worst_files(0.001) == [(str(path), 3 / len(path.read_bytes()))]
+    assert stats.worst_files(3 / len(path.read_bytes())) == []
 
 
 def test_jsonl_and_its_errors(tmp_path):
@@ -102,6 +105,14 @@ def test_parquet_and_missing_column(tmp_path):
     assert texts == ["x", "y"] and stats.skipped == {"null_text": 1}
     with pytest.raises(InputError, match=r"d\.parquet: no --text-field 'text' column"):
         docs(path)
+    numbers = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"text": [1, 2]}), numbers)
+    with pytest.raises(InputError, match=r"n\.parquet: column 'text' holds int64, not text"):
+        docs(numbers)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("just text\n")
+    with pytest.raises(InputError, match=r"plain\.txt: not a parquet file .*pass the --format of what it holds"):
+        docs(plain, "parquet")
 
 
 def test_empty_documents_are_skipped_and_counted(tmp_path):

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from streaming.base.compression import decompress
 
 from perceiver_stream.data import DataConfig, DataError, build_dataloader, prepare
 from tests.conftest import shared_path
@@ -48,6 +49,33 @@ def test_missing_and_corrupted_shards_are_named(xlnet_shards, tmp_path):
     shard.unlink()
     with pytest.raises(DataError, match=f"missing shard {shard}"):
         prepare(cfg)
+
+
+def test_corrupted_decompressed_shard_is_dropped_and_decompressed_again(xlnet_shards, tmp_path, caplog):
+    # Streaming reads the .mds it decompressed on an earlier run, not the verified .mds.zstd beside it.
+    copy = tmp_path / "copy"
+    shutil.copytree(xlnet_shards, copy)
+    zipped = sorted((copy / "train").glob("part-0000/shard.*.mds.zstd"))[0]
+    raw = zipped.with_suffix("")
+    good = decompress("zstd", zipped.read_bytes())
+    raw.write_bytes(good[:1000] + bytes(len(good) - 1000))
+    cfg = config(streams={"wikipedia": {"local": str(copy)}})
+    info = prepare(cfg)
+    assert f"decompressed shard {raw} is corrupted" in caplog.text
+    assert not raw.exists()
+    batch = next(iter(build_dataloader(cfg, info, "train", batch_size=4, seed=0)))
+    assert raw.read_bytes() == good
+    assert (batch["input_ids"] != 0).any()
+
+
+@pytest.mark.parametrize("name", ["index.json", "manifest.json"])
+def test_truncated_index_or_manifest_is_named(xlnet_shards, tmp_path, name):
+    copy = tmp_path / "copy"
+    shutil.copytree(xlnet_shards, copy)
+    path = copy / "train" / name
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(DataError, match=f"{path} is not valid JSON .* reconvert the corpus"):
+        prepare(config(streams={"wikipedia": {"local": str(copy)}}))
 
 
 def test_remote_stream_fetches_manifest_and_shards(xlnet_shards, tmp_path):

@@ -67,6 +67,46 @@ def test_config_errors_are_one_line(tiny_shards, tmp_path, override, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("override, message", [
+    ("global_train_batch_size=0", "global_train_batch_size=0: must be at least 1"),
+    ("optimizer.lr=-1", "optimizer.lr=-1.0: must be positive"),
+    ("precision=amp_bf16", "precision=amp_bf16 needs a GPU; use precision=fp32 on CPU"),
+    ("parallelism.fsdp.version=1", "parallelism.fsdp.version=1 needs GPUs"),
+    ("parallelism.fsdp.activation_checkpointing=true",
+     "parallelism.fsdp.activation_checkpointing is no longer a key: set model.activation_checkpointing"),
+    ("parallelism.fsdp.cpu_offload=true", "parallelism.fsdp.cpu_offload is no longer a key: Composer 0.32.1 has no"),
+    ("model.vocab_size=1000", "model.vocab_size=1000 but tokenizer"),
+    ("save_folder={tmp}/a_file/checkpoints", "save_folder='{tmp}/a_file/checkpoints': cannot write checkpoints"),
+    ("data.tokenizer={tmp}/empty", "data.tokenizer={tmp}/empty: cannot load a tokenizer"),
+    ("data.streams.wikipedia.local={tmp}/truncated", "{tmp}/truncated/train/manifest.json is not valid JSON"),
+])
+def test_user_mistakes_are_one_line_errors(tiny_shards, tmp_path, capsys, override, message):
+    from train import main
+
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "truncated" / "train").mkdir(parents=True)
+    (tmp_path / "truncated" / "train" / "manifest.json").write_text('{"format": "perceiver-str')
+    overrides = tiny_overrides(tiny_shards, tmp_path, **{"parallelism.fsdp.version": 2} if "fsdp" in override else {})
+    with pytest.raises(SystemExit) as exit_info:
+        main([TINY, *overrides, override.format(tmp=tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: error: ") and "\n" not in err and message.format(tmp=tmp_path) in err
+
+
+def test_a_malformed_yaml_is_named(tmp_path, capsys):
+    from train import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {vocab_size: 3\n  bad: [\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(bad)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"train.py: error: {bad}: line 2, column 6 not valid yaml "
+                                               "(did not find expected ',' or '}')")
+
+
 def test_non_dividing_global_batch_on_two_processes(tiny_shards, tmp_path):
     result = run(composer(2) + [TRAIN, TINY, *tiny_overrides(tiny_shards, tmp_path), "global_train_batch_size=33"])
     assert result.returncode != 0
