@@ -21,6 +21,7 @@ import torch
 
 from perceiver_stream.model import EncoderConfig, PerceiverMLMConfig
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
+from perceiver_stream.model.mlm import IGNORE_INDEX
 
 
 def peak_mb(checkpointing: bool, batch_size: int, layers: int, device: str) -> float:
@@ -30,7 +31,7 @@ def peak_mb(checkpointing: bool, batch_size: int, layers: int, device: str) -> f
     model = ComposerPerceiverMLM(config, mask_token_id=6).to(device)
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(7, config.vocab_size, (batch_size, config.max_seq_len), generator=g)
-    labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.15, input_ids, -100)
+    labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.15, input_ids, IGNORE_INDEX)
     batch = {"input_ids": input_ids.to(device), "labels": labels.to(device),
              "attention_mask": torch.ones_like(input_ids, device=device)}
     if device == "cuda":

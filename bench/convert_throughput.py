@@ -45,7 +45,7 @@ def main() -> None:
     tokenizer = str(SHARED / "tokenizers" / "xlnet-base-cased")
     files = tuple(str(p) for p in expand_inputs([str(SHARED / "corpora" / "wikipedia"),
                                                   str(SHARED / "corpora" / "books")]))
-    source = Source("files", files)
+    source = Source("files", files=files)
     options = Options(tokenizer=tokenizer, max_seq_len=args.max_seq_len, workers=args.workers)
 
     _documents.extend(source.documents(Stats()))

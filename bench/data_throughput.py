@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling, DataCol
 
 from convert.sources import Source, Stats, expand_inputs
 from convert.writer import Options, convert
+from perceiver_stream.config import build
 from perceiver_stream.data import DataConfig, build_dataloader, prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -58,14 +59,14 @@ def main() -> None:
     xlnet = AutoTokenizer.from_pretrained(xlnet_path)
     bert = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers" / "bert-base-uncased"))
     files = tuple(str(p) for p in expand_inputs([str(SHARED / "corpora" / "wikipedia" / "enwiki2015_wiki_0*")]))
-    texts = list(Source("files", files).documents(Stats()))
+    texts = list(Source("files", files=files).documents(Stats()))
 
     with tempfile.TemporaryDirectory() as tmp:
-        convert({"wiki": Source("files", files)}, Path(tmp) / "shards",
+        convert({"wiki": Source("files", files=files)}, Path(tmp) / "shards",
                 Options(tokenizer=xlnet_path, max_seq_len=SEQ, val_fraction=0.01, workers=2))
         clean_stale_shared_memory()
-        cfg = DataConfig(streams={"wiki": {"local": str(Path(tmp) / "shards" / "wiki")}}, tokenizer=xlnet_path,
-                         max_seq_len=SEQ, num_workers=1)
+        cfg = build(DataConfig, {"streams": {"wiki": {"local": str(Path(tmp) / "shards" / "wiki")}},
+                                 "tokenizer": xlnet_path, "max_seq_len": SEQ, "num_workers": 1}, "data.")
         info = prepare(cfg, ("train",))
         loader = build_dataloader(cfg, info, "train", batch_size=BATCH, seed=0)
         records = [loader.dataset[i] for i in range(len(loader.dataset))]

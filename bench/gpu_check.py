@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))  # run from anywhere, without installing the packa
 
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig  # noqa: E402
 from perceiver_stream.model.flops import training_flops  # noqa: E402
+from perceiver_stream.model.mlm import IGNORE_INDEX  # noqa: E402
 
 # Dense bf16 peak of the GPUs our users train on, TFLOP/s (vendor datasheets, no sparsity).
 PEAK_BF16_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "a10": 125.0}
@@ -79,7 +80,7 @@ def make_batch(config: PerceiverMLMConfig, batch: int, device: torch.device) -> 
     """Random tokens with 15% of positions labelled, as whole-word masking produces."""
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(7, config.vocab_size, (batch, config.max_seq_len), generator=g)
-    labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.15, input_ids, -100)
+    labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.15, input_ids, IGNORE_INDEX)
     return {"input_ids": input_ids.to(device), "labels": labels.to(device),
             "attention_mask": torch.ones_like(input_ids).to(device)}
 
@@ -146,8 +147,8 @@ def measure(step: Callable[[dict], None], config: PerceiverMLMConfig, batch_size
         sync(device)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    labelled = int((batch["labels"] != -100).sum())
-    per_row = int((batch["labels"] != -100).sum(1).max()) * batch_size
+    labelled = int((batch["labels"] != IGNORE_INDEX).sum())
+    per_row = int((batch["labels"] != IGNORE_INDEX).sum(1).max()) * batch_size
     return {"micro_batch": batch_size, "tokens_per_s": round(batch_size * config.max_seq_len / seconds),
             "step_s": round(seconds, 4),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
@@ -263,7 +264,7 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
     seq_len = 32 if smoke else SEQ_LEN
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     files = tuple(str(p) for p in sorted(corpus.rglob("*")) if p.is_file())
-    convert({"wikipedia": Source("files", files)}, work / "shards",
+    convert({"wikipedia": Source("files", files=files)}, work / "shards",
             Options(tokenizer=str(tokenizer), max_seq_len=seq_len, val_fraction=0.05, workers=2))
     batches = 4 if smoke else TRAIN_BATCHES
     versions = (2,) if smoke else (1, 2)

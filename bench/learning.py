@@ -71,10 +71,10 @@ def corpus_files() -> dict[str, tuple[Source, Source]]:
     if not wiki or not books:
         raise SystemExit(f"bench/learning.py: the corpora in {SHARED / 'corpora'} are missing")
     return {
-        "wiki": (Source("files", tuple(map(str, wiki[:-1])), "wikiextractor"),
-                 Source("files", (str(wiki[-1]),), "wikiextractor")),
-        "books": (Source("files", tuple(map(str, books[:-HELD_OUT_BOOKS])), "gutenberg"),
-                  Source("files", tuple(map(str, books[-HELD_OUT_BOOKS:])), "gutenberg")),
+        "wiki": (Source("files", files=tuple(map(str, wiki[:-1])), fmt="wikiextractor"),
+                 Source("files", files=(str(wiki[-1]),), fmt="wikiextractor")),
+        "books": (Source("files", files=tuple(map(str, books[:-HELD_OUT_BOOKS])), fmt="gutenberg"),
+                  Source("files", files=tuple(map(str, books[-HELD_OUT_BOOKS:])), fmt="gutenberg")),
     }
 
 

@@ -20,6 +20,7 @@ from transformers import PerceiverForMaskedLM
 
 from perceiver_stream.model import DecoderConfig, EncoderConfig, PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.hf import to_hf_config
+from perceiver_stream.model.mlm import IGNORE_INDEX
 
 SHAPES = {
     "small": dict(
@@ -41,7 +42,7 @@ SHAPES = {
 def make_batch(config: PerceiverMLMConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(7, config.vocab_size, (batch, config.max_seq_len), generator=g)
-    labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.15, input_ids, -100)
+    labels = torch.where(torch.rand(input_ids.shape, generator=g) < 0.15, input_ids, IGNORE_INDEX)
     attention_mask = torch.ones_like(input_ids)
     return {k: v.to(device) for k, v in dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask).items()}
 

@@ -31,7 +31,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         wiki = tuple(str(p) for p in sorted((SHARED / "corpora" / "wikipedia").glob("enwiki2015_wiki_0*")))
         books = tuple(str(p) for p in sorted((SHARED / "corpora" / "books").glob("*.txt"))[:40])
-        convert({"wikipedia": Source("files", wiki), "bookcorpus": Source("files", books, "gutenberg")},
+        convert({"wikipedia": Source("files", files=wiki), "bookcorpus": Source("files", files=books, fmt="gutenberg")},
                 Path(tmp) / "shards", Options(tokenizer=tokenizer, max_seq_len=128, val_fraction=0.05, workers=2))
         batches = args.samples // 32
         subprocess.run([sys.executable, str(REPO / "train.py"), str(REPO / "yamls" / "mlm_tiny.yaml"),

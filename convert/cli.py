@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> None:
 
         if args.vocab_size < 10:
             raise InputError(f"--vocab-size {args.vocab_size}: too small")
-        source = Source("files", tuple(map(str, expand_inputs(args.input))), args.format, args.text_field)
+        source = Source("files", files=tuple(map(str, expand_inputs(args.input))), fmt=args.format,
+                        text_field=args.text_field)
         stats = Stats()
         tokenizer = train_unigram(source.documents(stats), args.vocab_size, args.out)
         print(f"trained a unigram tokenizer of {len(tokenizer):,} tokens -> {args.out}; "
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> None:
                       final_sample=args.final_sample, workers=args.workers, shard_size_limit=args.shard_size_limit,
                       max_replaced_fraction=args.max_replaced_fraction)
     if args.command == "text":
-        streams = {".": Source("files", tuple(map(str, expand_inputs(args.input))), args.format, args.text_field)}
+        files = tuple(map(str, expand_inputs(args.input)))
+        streams = {".": Source("files", files=files, fmt=args.format, text_field=args.text_field)}
     else:
         streams = {name: Source("hub", hub_name=hub, hub_config=config) for name, (hub, config) in WIKIBOOK.items()}
     convert(streams, args.out, options, overwrite=args.overwrite)

@@ -11,7 +11,7 @@ from streaming.base.util import clean_stale_shared_memory
 from transformers import AutoTokenizer
 
 from convert.sources import InputError
-from perceiver_stream.data.format import MANIFEST, PADDING, SPECIAL, WORD_START
+from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, PADDING, SPECIAL, TYPES_COLUMN, WORD_START
 
 
 def find_splits(root: Path) -> list[Path]:
@@ -72,4 +72,4 @@ def read_sample(split: Path, index: int):
         if not 0 <= index < len(dataset):
             raise InputError(f"--sample {index}: {split} has {len(dataset)} samples")
         record = dataset[index]
-        return record["input_ids"], record["token_type"]
+        return record[IDS_COLUMN], record[TYPES_COLUMN]

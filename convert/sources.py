@@ -15,7 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 MAX_REPLACED_FRACTION = 0.001  # default share of a file's bytes that may be undecodable (not UTF-8)
@@ -266,9 +266,10 @@ def read_hub(name: str, config: str | None, split: str, text_field: str) -> Iter
 
 @dataclass(frozen=True)
 class Source:
-    """What to read, picklable so each worker process can open it itself."""
+    """What to read, picklable so each worker process can open it itself. All but ``kind`` are keyword-only."""
 
     kind: str  # "files" or "hub"
+    _: KW_ONLY
     files: tuple[str, ...] = ()
     fmt: str = "auto"
     text_field: str = "text"

@@ -32,7 +32,7 @@ import perceiver_stream
 from convert.packing import Packer, token_dtype, tokenize
 from convert.sources import MAX_REPLACED_FRACTION, InputError, Source, Stats
 from convert.tokenizer import describe, load_tokenizer, separator_id
-from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT, SPLITS
+from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, SPLITS, TYPES_COLUMN
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ def _convert_part(source: Source, root: Path, worker: int, options: Options,
     report = report or _report
     tokenizer = load_tokenizer(options.tokenizer)
     dtype = token_dtype(len(tokenizer))
-    columns = {"input_ids": f"ndarray:{dtype}:{options.max_seq_len}",
-               "token_type": f"ndarray:uint8:{options.max_seq_len}"}
+    columns = {IDS_COLUMN: f"ndarray:{dtype}:{options.max_seq_len}",
+               TYPES_COLUMN: f"ndarray:uint8:{options.max_seq_len}"}
     result = PartResult()
     packers = {split: Packer(options.max_seq_len, separator_id(tokenizer), tokenizer.pad_token_id,
                              options.final_sample == "pad") for split in SPLITS}
@@ -99,7 +99,7 @@ def _convert_part(source: Source, root: Path, worker: int, options: Options,
 
     def write(split: str, samples) -> None:
         for ids, types in samples:
-            writers[split].write({"input_ids": ids.astype(dtype), "token_type": types})
+            writers[split].write({IDS_COLUMN: ids.astype(dtype), TYPES_COLUMN: types})
             result.samples[split] += 1
 
     def flush(batch: list[str]) -> None:

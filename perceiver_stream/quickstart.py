@@ -51,7 +51,7 @@ def sources(corpus: dict[str, list[str]], source: str) -> dict:
                 "bookcorpus": Source("hub", hub_name="bookcorpus", hub_config="plain_text",
                                      hub_split="train[:300000]")}
     formats = {"wikipedia": "wikidump", "bookcorpus": "txt"}
-    return {name: Source("files", tuple(files), formats[name]) for name, files in corpus.items()}
+    return {name: Source("files", files=tuple(files), fmt=formats[name]) for name, files in corpus.items()}
 
 
 def evaluate(cfg, checkpoint: Path) -> dict[str, float]:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([sys.executable, str(REPO / "train.py"), str(CONFIG), *overrides], cwd=REPO, check=True)
         minutes_file.write_text(f"{(time.monotonic() - start) / 60:.2f}\n")
     if step("export", (out / "hf" / "config.json").exists()):
-        export(final, cfg, out / "hf")
+        export(final, out / "hf")  # the checkpoint records its configuration
     print("==> evaluate", flush=True)
     scores = evaluate(cfg, final)
     png = plot(out / "tb" / cfg.run_name, out / "curves.png")

@@ -37,4 +37,4 @@ def shared_corpora(wiki_files: int, books: int) -> dict[str, Source]:
     converter's ``wikipedia`` and ``bookcorpus`` streams."""
     wiki = tuple(str(shared_path(f"corpora/wikipedia/enwiki2015_wiki_0{i}")) for i in range(wiki_files))
     book_files = tuple(str(p) for p in sorted(shared_path("corpora/books").glob("*.txt"))[:books])
-    return {"wikipedia": Source("files", wiki), "bookcorpus": Source("files", book_files, "gutenberg")}
+    return {"wikipedia": Source("files", files=wiki), "bookcorpus": Source("files", files=book_files, fmt="gutenberg")}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from perceiver_stream.data.masking import MaskingConfig
 
@@ -23,15 +23,14 @@ class StreamConfig:
 
 
 @dataclass
-class DataConfig:
-    """Streams, tokenizer, masking and loader settings (the blueprint's ``--data.*``).
+class DataConfig(MaskingConfig):
+    """Streams, tokenizer, masking and loader settings (the blueprint's ``--data.*``); the masking keys
+    (``masking``, ``mask_prob``, ``mask_replace_prob``, ``random_replace_prob``) are ``MaskingConfig``'s fields.
 
     Attributes:
         tokenizer: hub name or local directory; shards must have been converted with exactly this tokenizer.
         max_seq_len: tokens per sample; must equal the shards'.
         streams: named streams, e.g. ``wikipedia`` and ``bookcorpus``; ``<name>: null`` switches one off.
-        masking: ``word`` (whole-word masking) or ``token``.
-        mask_prob, mask_replace_prob, random_replace_prob: see ``MaskingConfig``.
         masking_seed: seed of the masks (None: the run's ``seed``).
         shuffle, shuffle_algo, shuffle_seed, shuffle_block_size, num_canonical_nodes, predownload,
             epoch_size, cache_limit, download_timeout, validate_hash: passed to ``StreamingDataset``
@@ -43,10 +42,6 @@ class DataConfig:
     streams: dict[str, StreamConfig | None] = field(default_factory=dict)
     tokenizer: str = "xlnet-base-cased"
     max_seq_len: int = 512
-    masking: str = "word"
-    mask_prob: float = 0.15
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
     masking_seed: int | None = None
     shuffle: bool = True
     shuffle_algo: str = "py1e"
@@ -65,17 +60,14 @@ class DataConfig:
     pin_memory: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # data.streams.<name>=null switches a stream off
-        self.streams = {
-            name: StreamConfig(**s) if isinstance(s, dict) else s
-            for name, s in (self.streams or {}).items() if s is not None
-        }
+        self.streams = {name: s for name, s in (self.streams or {}).items() if s is not None}
         if not self.streams:
             raise ValueError("data.streams: at least one stream is needed (e.g. data.streams.wikipedia.local=DIR)")
         proportions = [s.proportion for s in self.streams.values()]
         if any(p is not None for p in proportions) and any(p is None for p in proportions):
             raise ValueError("data.streams.*.proportion: give every stream a proportion, or none")
-        self.masking_config()
 
     def masking_config(self) -> MaskingConfig:
-        return MaskingConfig(self.mask_prob, self.mask_replace_prob, self.random_replace_prob, self.masking)
+        return MaskingConfig(**{f.name: getattr(self, f.name) for f in fields(MaskingConfig)})

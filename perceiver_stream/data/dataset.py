@@ -17,7 +17,7 @@ from streaming.base.storage import CloudDownloader
 from transformers import PreTrainedTokenizerFast
 
 from perceiver_stream.data.config import DataConfig, StreamConfig
-from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT
+from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, TYPES_COLUMN
 from perceiver_stream.data.masking import MLMCollator
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
 
@@ -45,7 +45,7 @@ class MLMStreamingDataset(StreamingDataset):
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
         record = super().get_item(sample_id, retry)
-        return {"input_ids": record["input_ids"], "token_type": record["token_type"], "sample_idx": sample_id,
+        return {"input_ids": record[IDS_COLUMN], "token_type": record[TYPES_COLUMN], "sample_idx": sample_id,
                 "epoch": self._epoch}
 
 

@@ -10,6 +10,9 @@ WORD_START = 1  # first token of a word (from the fast tokenizer's word_ids())
 SPECIAL = 2  # separator or special token: never masked
 PADDING = 3  # padding after a final partial sample: never attended to
 
+IDS_COLUMN = "input_ids"  # the MDS columns of a sample
+TYPES_COLUMN = "token_type"
+
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "perceiver-stream-mds/1"
 SPLITS = ("train", "val")

@@ -9,7 +9,7 @@ are those of independent uniforms.
 Whole-word masking (Devlin et al., BERT's WWM release): each word of a sample is selected with probability
 ``mask_prob``; every token of a selected word becomes ``<mask>`` (``mask_replace_prob``), a random
 non-special token (``random_replace_prob``) or stays unchanged, one decision per word. Special and padding
-tokens are never selected. Labels are the original ids at selected tokens, -100 elsewhere.
+tokens are never selected. Labels are the original ids at selected tokens, ``IGNORE_INDEX`` elsewhere.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def uniform(keys: np.ndarray, positions: np.ndarray, stream: np.uint64) -> np.nd
     return (splitmix64(x) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-@dataclass(frozen=True)
+@dataclass
 class MaskingConfig:
     """How tokens are chosen for the MLM loss.
 

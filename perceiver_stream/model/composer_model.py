@@ -23,7 +23,7 @@ class ComposerPerceiverMLM(ComposerModel):
     """Perceiver IO MLM for Composer's Trainer.
 
     A batch holds ``input_ids`` (B, L), ``attention_mask`` (B, L; 1 at real tokens) and ``labels`` (B, L;
-    IGNORE_INDEX (-100) where no loss). The loss is the mean cross-entropy over labelled tokens, computed from logits of
+    ``IGNORE_INDEX`` where no loss). The loss is the mean cross-entropy over labelled tokens, computed from logits of
     the labelled positions only. Metrics: ``MaskedAccuracy`` and ``LanguageCrossEntropy`` over labelled
     positions, and in eval ``MaskTokenAccuracy`` / ``MaskTokenUnigramAccuracy`` over ``<mask>`` positions
     only (``perceiver_stream.model.metrics``).

@@ -78,14 +78,16 @@ class PerceiverEncoder(nn.Module):
         self.num_blocks = enc.num_self_attention_blocks
         self.latents = nn.Parameter(torch.empty(config.num_latents, config.num_latent_channels))
         self.cross_attention = CrossAttentionLayer(
-            enc.num_cross_attention_heads, config.num_latent_channels, enc.num_input_channels,
-            enc.num_cross_attention_qk_channels, enc.num_cross_attention_v_channels,
-            enc.cross_attention_widening_factor, enc.cross_attention_residual, enc.dropout, eps,
+            num_heads=enc.num_cross_attention_heads, num_q_input_channels=config.num_latent_channels,
+            num_kv_input_channels=enc.num_input_channels, num_qk_channels=enc.num_cross_attention_qk_channels,
+            num_v_channels=enc.num_cross_attention_v_channels, widening_factor=enc.cross_attention_widening_factor,
+            residual=enc.cross_attention_residual, dropout=enc.dropout, eps=eps,
         )
         self.self_attention = nn.ModuleList(
             SelfAttentionLayer(
-                enc.num_self_attention_heads, config.num_latent_channels, enc.num_self_attention_qk_channels,
-                enc.num_self_attention_v_channels, enc.self_attention_widening_factor, enc.dropout, eps,
+                num_heads=enc.num_self_attention_heads, num_channels=config.num_latent_channels,
+                num_qk_channels=enc.num_self_attention_qk_channels, num_v_channels=enc.num_self_attention_v_channels,
+                widening_factor=enc.self_attention_widening_factor, dropout=enc.dropout, eps=eps,
             )
             for _ in range(enc.num_self_attention_layers_per_block)
         )
@@ -110,9 +112,10 @@ class PerceiverDecoder(nn.Module):
         dec, c = config.decoder, config.encoder.num_input_channels
         self.output_queries = nn.Parameter(torch.empty(config.max_seq_len, c))
         self.cross_attention = CrossAttentionLayer(
-            dec.num_cross_attention_heads, c, config.num_latent_channels, dec.num_cross_attention_qk_channels,
-            dec.num_cross_attention_v_channels, dec.cross_attention_widening_factor,
-            dec.cross_attention_residual, dec.dropout, config.layer_norm_eps,
+            num_heads=dec.num_cross_attention_heads, num_q_input_channels=c,
+            num_kv_input_channels=config.num_latent_channels, num_qk_channels=dec.num_cross_attention_qk_channels,
+            num_v_channels=dec.num_cross_attention_v_channels, widening_factor=dec.cross_attention_widening_factor,
+            residual=dec.cross_attention_residual, dropout=dec.dropout, eps=config.layer_norm_eps,
         )
 
     def forward(self, latents: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

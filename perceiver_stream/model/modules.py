@@ -15,7 +15,7 @@ from torch import nn
 class MLP(nn.Sequential):
     """LayerNorm -> Linear(C, wC) -> GELU -> Linear(wC, C); the residual is added by the caller."""
 
-    def __init__(self, num_channels: int, widening_factor: int, eps: float):
+    def __init__(self, num_channels: int, *, widening_factor: int, eps: float):
         hidden = widening_factor * num_channels
         super().__init__(
             nn.LayerNorm(num_channels, eps=eps),
@@ -40,6 +40,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(
         self,
+        *,
         num_heads: int,
         num_q_input_channels: int,
         num_kv_input_channels: int,
@@ -79,6 +80,7 @@ class CrossAttentionLayer(nn.Module):
 
     def __init__(
         self,
+        *,
         num_heads: int,
         num_q_input_channels: int,
         num_kv_input_channels: int,
@@ -95,10 +97,11 @@ class CrossAttentionLayer(nn.Module):
         self.q_norm = nn.LayerNorm(num_q_input_channels, eps=eps)
         self.kv_norm = nn.LayerNorm(num_kv_input_channels, eps=eps)
         self.attention = MultiHeadAttention(
-            num_heads, num_q_input_channels, num_kv_input_channels, qk, num_v_channels or qk,
-            num_q_input_channels, dropout,
+            num_heads=num_heads, num_q_input_channels=num_q_input_channels,
+            num_kv_input_channels=num_kv_input_channels, num_qk_channels=qk, num_v_channels=num_v_channels or qk,
+            num_output_channels=num_q_input_channels, dropout=dropout,
         )
-        self.mlp = MLP(num_q_input_channels, widening_factor, eps)
+        self.mlp = MLP(num_q_input_channels, widening_factor=widening_factor, eps=eps)
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.attention(self.q_norm(x_q), self.kv_norm(x_kv), pad_mask)
@@ -112,6 +115,7 @@ class SelfAttentionLayer(nn.Module):
 
     def __init__(
         self,
+        *,
         num_heads: int,
         num_channels: int,
         num_qk_channels: int | None,
@@ -124,9 +128,11 @@ class SelfAttentionLayer(nn.Module):
         qk = num_qk_channels or num_channels
         self.norm = nn.LayerNorm(num_channels, eps=eps)
         self.attention = MultiHeadAttention(
-            num_heads, num_channels, num_channels, qk, num_v_channels or qk, num_channels, dropout
+            num_heads=num_heads, num_q_input_channels=num_channels, num_kv_input_channels=num_channels,
+            num_qk_channels=qk, num_v_channels=num_v_channels or qk, num_output_channels=num_channels,
+            dropout=dropout,
         )
-        self.mlp = MLP(num_channels, widening_factor, eps)
+        self.mlp = MLP(num_channels, widening_factor=widening_factor, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)

@@ -119,6 +119,21 @@ class ResumeGuard(Callback):
                              ". Restore them, or start a new run (new run_name or save_folder)")
 
 
+class RunDescription(Callback):
+    """Stores in every checkpoint the resolved run configuration and the tokenizer's fingerprint, so that a
+    checkpoint can be exported (``perceiver-export``) without the yaml and overrides it was trained with."""
+
+    def __init__(self, config: dict, tokenizer_fingerprint: str):
+        self.config = config
+        self.tokenizer_fingerprint = tokenizer_fingerprint
+
+    def state_dict(self) -> dict:
+        return {"config": self.config, "tokenizer_fingerprint": self.tokenizer_fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run describes itself by its own settings (the guard checks the ones that must match)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training stopped at a non-finite loss, before the optimizer step and any checkpoint of it."""
 

@@ -22,7 +22,13 @@ from perceiver_stream.config import ConfigError, to_dict
 from perceiver_stream.data import DataInfo, build_dataloader, prepare
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
-from perceiver_stream.train.callbacks import FillMaskTable, ResumeGuard, SampleLog, StopOnNonFiniteLoss
+from perceiver_stream.train.callbacks import (
+    FillMaskTable,
+    ResumeGuard,
+    RunDescription,
+    SampleLog,
+    StopOnNonFiniteLoss,
+)
 from perceiver_stream.train.config import TrainConfig, batch_plan
 from perceiver_stream.train.resume import repair_latest
 
@@ -133,7 +139,8 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
 def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
                  OptimizerMonitor(), FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences),
-                 ResumeGuard(resume_settings(cfg, info)), StopOnNonFiniteLoss()]
+                 ResumeGuard(resume_settings(cfg, info)), RunDescription(to_dict(cfg), info.tokenizer_fingerprint),
+                 StopOnNonFiniteLoss()]
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
     if cfg.callbacks.sample_log:

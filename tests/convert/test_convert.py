@@ -54,13 +54,13 @@ def read_all(split: Path) -> list[dict]:
 
 def test_conversion_is_deterministic_and_manifest_adds_up(tmp_path, wiki_files):
     options = Options(tokenizer=xlnet(), max_seq_len=128, val_fraction=0.05, workers=2)
-    manifests = convert({".": Source("files", tuple(wiki_files))}, tmp_path / "a", options)
-    convert({".": Source("files", tuple(wiki_files))}, tmp_path / "b", options)
+    manifests = convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "a", options)
+    convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "b", options)
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
 
     tokenizer = AutoTokenizer.from_pretrained(xlnet())
     stats = Stats()
-    documents = list(Source("files", tuple(wiki_files)).documents(stats))
+    documents = list(Source("files", files=tuple(wiki_files)).documents(stats))
     val_docs = sum(is_val(d, 0.05) for d in documents)
     assert 0.03 < val_docs / len(documents) < 0.07
     train, val = manifests["train"], manifests["val"]
@@ -84,9 +84,9 @@ def test_conversion_is_deterministic_and_manifest_adds_up(tmp_path, wiki_files):
 
 
 def test_worker_count_changes_only_the_order(tmp_path, wiki_files):
-    one = convert({".": Source("files", tuple(wiki_files))}, tmp_path / "one",
+    one = convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "one",
                   Options(tokenizer=xlnet(), max_seq_len=64, workers=1, val_fraction=0.1))
-    three = convert({".": Source("files", tuple(wiki_files))}, tmp_path / "three",
+    three = convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "three",
                     Options(tokenizer=xlnet(), max_seq_len=64, workers=3, val_fraction=0.1))
     for split in ("train", "val"):
         assert one[split]["counts"]["tokens"] == three[split]["counts"]["tokens"]
@@ -94,7 +94,7 @@ def test_worker_count_changes_only_the_order(tmp_path, wiki_files):
 
 
 def test_worker_counts_add_up_when_each_worker_renders_its_share(tmp_path):
-    manifests = convert({".": Source("files", (write_dump(tmp_path),))}, tmp_path / "out",
+    manifests = convert({".": Source("files", files=(write_dump(tmp_path),))}, tmp_path / "out",
                         Options(tokenizer=xlnet(), max_seq_len=32, val_fraction=0.0, workers=2))
     assert manifests["train"]["counts"]["documents"] == 2
     assert manifests["train"]["source_counts"]["documents_skipped"] == {
@@ -307,7 +307,7 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
     killer = threading.Thread(target=kill_one_worker)
     killer.start()
     with pytest.raises(RuntimeError, match="a conversion worker died"):
-        convert({".": Source("files", (str(fifo),), fmt="txt")}, tmp_path / "out", Options(tokenizer=xlnet(),
+        convert({".": Source("files", files=(str(fifo),), fmt="txt")}, tmp_path / "out", Options(tokenizer=xlnet(),
                                                                                           workers=2))
     killer.join()
     assert not errors
@@ -317,7 +317,7 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
 def test_wikibook_writes_two_streams_from_the_hub_loader(tmp_path, monkeypatch, wiki_files):
     import datasets
 
-    wiki = list(Source("files", tuple(wiki_files[:1])).documents(Stats()))[:200]
+    wiki = list(Source("files", files=tuple(wiki_files[:1])).documents(Stats()))[:200]
     books = [line for line in (Path(wiki_files[1]).read_text().split("\n")) if len(line) > 40][:300]
     calls = []
 

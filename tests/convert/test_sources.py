@@ -119,7 +119,7 @@ def test_empty_documents_are_skipped_and_counted(tmp_path):
     (tmp_path / "a.txt").write_text("  \n ")
     (tmp_path / "b.txt").write_text("real text")
     stats = Stats()
-    source = Source("files", tuple(str(p) for p in expand_inputs([str(tmp_path)])), "txt")
+    source = Source("files", files=tuple(str(p) for p in expand_inputs([str(tmp_path)])), fmt="txt")
     assert list(source.documents(stats)) == ["real text"]
     assert stats.skipped == {"empty": 1}
 
@@ -158,7 +158,7 @@ def write_dump(tmp_path) -> str:
 
 def test_wikidump_articles_as_plain_text(tmp_path):
     stats = Stats()
-    assert list(Source("files", (write_dump(tmp_path),)).documents(stats)) == [
+    assert list(Source("files", files=(write_dump(tmp_path),)).documents(stats)) == [
         "Alpha is a letter.", "Beta is second."]
     assert stats.skipped == {"wikidump_not_article": 1, "wikidump_redirect": 1, "empty": 1}
 
@@ -167,7 +167,7 @@ def test_each_share_renders_only_its_own_articles(tmp_path, monkeypatch):
     rendered = []
     render = sources.wikitext_to_text
     monkeypatch.setattr(sources, "wikitext_to_text", lambda text: rendered.append(text) or render(text))
-    source = Source("files", (write_dump(tmp_path),))
+    source = Source("files", files=(write_dump(tmp_path),))
     shares, counts = [], []
     for k in range(2):
         rendered.clear()

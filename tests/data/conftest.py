@@ -16,7 +16,7 @@ def convert_once(tmp_path_factory, tokenizer: str, files: list[str], max_seq_len
     out = tmp_path_factory.getbasetemp() / name
     if not out.exists():
         paths = tuple(str(shared_path(f"corpora/wikipedia/{f}")) for f in files)
-        convert({".": Source("files", paths)}, out,
+        convert({".": Source("files", files=paths)}, out,
                 Options(tokenizer=str(shared_path(f"tokenizers/{tokenizer}")), max_seq_len=max_seq_len,
                         val_fraction=0.02, workers=2))
     return out

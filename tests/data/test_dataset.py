@@ -8,15 +8,17 @@ import shutil
 import pytest
 from streaming.base.compression import decompress
 
+from perceiver_stream.config import build
 from perceiver_stream.data import DataConfig, DataError, build_dataloader, prepare
 from tests.conftest import shared_path
 
 
 def config(**streams_and_overrides) -> DataConfig:
     overrides = {k: v for k, v in streams_and_overrides.items() if k != "streams"}
-    return DataConfig(streams=streams_and_overrides["streams"], max_seq_len=overrides.pop("max_seq_len", 128),
-                      tokenizer=overrides.pop("tokenizer", str(shared_path("tokenizers/xlnet-base-cased"))),
-                      num_workers=0, **overrides)
+    settings = {"streams": streams_and_overrides["streams"], "max_seq_len": overrides.pop("max_seq_len", 128),
+                "tokenizer": overrides.pop("tokenizer", str(shared_path("tokenizers/xlnet-base-cased"))),
+                "num_workers": 0, **overrides}
+    return build(DataConfig, settings, "data.")
 
 
 def test_shards_of_another_tokenizer_are_refused(bert_shards):
@@ -112,4 +114,4 @@ def test_val_loader_reads_every_val_sample_in_order(xlnet_shards):
 
 def test_stream_proportions_all_or_none():
     with pytest.raises(ValueError, match="give every stream a proportion, or none"):
-        DataConfig(streams={"a": {"local": "x", "proportion": 0.5}, "b": {"local": "y"}})
+        build(DataConfig, {"streams": {"a": {"local": "x", "proportion": 0.5}, "b": {"local": "y"}}}, "data.")

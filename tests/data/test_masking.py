@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from perceiver_stream.config import build
 from perceiver_stream.data import DataConfig, MaskingConfig, MLMCollator, build_dataloader, prepare
 from perceiver_stream.data.format import PADDING, SPECIAL, WORD_START
 from tests.conftest import shared_path
@@ -16,7 +17,7 @@ def data_config(shards, tokenizer: str, **overrides) -> DataConfig:
     settings = dict(streams={"wiki": {"local": str(shards)}}, tokenizer=str(shared_path(f"tokenizers/{tokenizer}")),
                     max_seq_len=128, num_workers=0, shuffle=False)
     settings.update(overrides)
-    return DataConfig(**settings)
+    return build(DataConfig, settings, "data.")
 
 
 def raw_records(shards, tokenizer: str) -> list[dict]:

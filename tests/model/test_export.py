@@ -1,28 +1,44 @@
-"""Export of a training checkpoint to transformers: the same logits, and a working fill-mask pipeline."""
+"""Export of a training checkpoint to transformers: the same logits, a working fill-mask pipeline, the checkpoint
+alone as input, and one-line errors for every checkpoint that cannot be exported."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-from transformers import PerceiverForMaskedLM, pipeline
+from transformers import AutoTokenizer, PerceiverForMaskedLM, pipeline
 
-from perceiver_stream.config import build, load
-from perceiver_stream.export import export, load_checkpoint_model
+from perceiver_stream.config import build, load, to_dict
+from perceiver_stream.data.tokenizer import fingerprint
+from perceiver_stream.export import export, load_checkpoint_model, main
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.train.config import TrainConfig
 from tests.conftest import REPO, shared_path
 
+QUICKSTART = REPO / "yamls" / "mlm_quickstart.yaml"
 
-def test_exported_model_has_the_native_logits_and_fills_masks(tmp_path):
-    tokenizer = shared_path("tokenizers/xlnet-base-cased")
-    cfg = build(TrainConfig, load(REPO / "yamls" / "mlm_quickstart.yaml", [
-        f"data.tokenizer={tokenizer}", "model.vocab_size=32000", "model.activation_checkpointing=true"]))
+
+def overrides(tokenizer: str = "xlnet-base-cased") -> list[str]:
+    return [f"data.tokenizer={shared_path(f'tokenizers/{tokenizer}')}", "model.vocab_size=32000",
+            "model.activation_checkpointing=true"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint laid out as Composer writes it, with the run description training stores."""
+    cfg = build(TrainConfig, load(QUICKSTART, overrides()))
     torch.manual_seed(0)
     composer_model = ComposerPerceiverMLM(cfg.model, mask_token_id=6)  # checkpoint-wrapped layers, as in training
-    checkpoint = tmp_path / "ep0-ba10-rank0.pt"
-    torch.save({"state": {"model": composer_model.state_dict()}}, checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.data.tokenizer)
+    path = tmp_path_factory.mktemp("export") / "ep0-ba10-rank0.pt"
+    description = {"config": to_dict(cfg), "tokenizer_fingerprint": fingerprint(tokenizer)}
+    torch.save({"state": {"model": composer_model.state_dict(), "callbacks": {"RunDescription": description}}}, path)
+    return path, cfg
 
-    native = load_checkpoint_model(checkpoint, cfg.model)
-    out = export(checkpoint, cfg, tmp_path / "hf")
+
+def test_exported_model_has_the_native_logits_and_fills_masks(checkpoint, tmp_path):
+    path, cfg = checkpoint
+    native = load_checkpoint_model(path, cfg.model)
+    out = export(path, tmp_path / "hf")  # the checkpoint alone
     hf = PerceiverForMaskedLM.from_pretrained(out).eval()
     input_ids = torch.randint(7, 32000, (2, 30), generator=torch.Generator().manual_seed(1))
     attention_mask = torch.ones_like(input_ids)
@@ -37,3 +53,41 @@ def test_exported_model_has_the_native_logits_and_fills_masks(tmp_path):
     fill = pipeline("fill-mask", model=str(out), device=-1)
     predictions = fill(f"The capital of France is {fill.tokenizer.mask_token}.", top_k=3)
     assert len(predictions) == 3 and all(0.0 <= p["score"] <= 1.0 for p in predictions)
+
+
+def error_of(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("perceiver-export: error: ") and "\n" not in err
+    return err
+
+
+def test_checkpoints_that_cannot_be_exported_are_one_line_errors(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    out = tmp_path / "hf"
+    assert f"{tmp_path / 'none.pt'}: no such checkpoint" in error_of(capsys, tmp_path / "none.pt", "--out", out)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:100_000])
+    assert f"{truncated}: cannot be read as a checkpoint" in error_of(capsys, truncated, "--out", out)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    assert f"{text}: cannot be read as a checkpoint" in error_of(capsys, text, "--out", out)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    assert "other.pt: not a Composer checkpoint (no state.model)" in error_of(capsys, tmp_path / "other.pt",
+                                                                            "--out", out)
+    assert "its weights do not fit the configured model (size mismatch for" in error_of(
+        capsys, path, "--out", out, "model.num_latent_channels=64")
+    assert "is not the tokenizer" in error_of(capsys, path, "--out", out,
+                                              f"data.tokenizer={shared_path('tokenizers/bert-base-uncased')}",
+                                              "model.vocab_size=32000")
+    (tmp_path / "sharded").mkdir()
+    assert "a directory without .metadata" in error_of(capsys, tmp_path / "sharded", "--out", out)
+    bare = tmp_path / "bare.pt"
+    state = torch.load(path, weights_only=False)
+    del state["state"]["callbacks"]
+    torch.save(state, bare)
+    assert "does not record its run configuration" in error_of(capsys, bare, "--out", out)
+    main([str(bare), "--out", str(out), "--config", str(QUICKSTART), *overrides()])  # --config stands in
+    assert (out / "config.json").exists()
