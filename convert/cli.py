@@ -9,12 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+from convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
 from convert.sources import FORMATS, MAX_REPLACED_FRACTION, InputError, Source, Stats, expand_inputs
-
-WIKIBOOK = {
-    "wikipedia": ("wikipedia", "20220301.en"),
-    "bookcorpus": ("bookcorpus", "plain_text"),
-}
 
 
 def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: float) -> None:
@@ -38,7 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = argparse.ArgumentDefaultsHelpFormatter
 
     wikibook = commands.add_parser("wikibook", formatter_class=defaults,
-                                   help="HF wikipedia (20220301.en) + bookcorpus (plain_text) as two streams")
+                                   help="hub Wikipedia + BookCorpus (parquet repositories) as two streams")
+    wikibook.add_argument("--wikipedia", default=WIKIPEDIA, metavar="NAME[:CONFIG][@REVISION]",
+                          help="hub dataset (or local directory laid out like one) of the wikipedia stream")
+    wikibook.add_argument("--bookcorpus", default=BOOKCORPUS, metavar="NAME[:CONFIG][@REVISION]",
+                          help="hub dataset (or local directory laid out like one) of the bookcorpus stream")
+    wikibook.add_argument("--split", default="train", help="split of both datasets (slices like train[:1%%] too)")
+    wikibook.add_argument("--text-field", default="text", help="column holding the text")
+    wikibook.add_argument("--streaming", action="store_true",
+                          help="stream the datasets instead of downloading them first; each worker reads its share")
     _add_conversion_arguments(wikibook, val_fraction=0.005)
 
     text = commands.add_parser("text", formatter_class=defaults, help="local corpora")
@@ -90,7 +94,9 @@ def run(args: argparse.Namespace) -> None:
         files = tuple(map(str, expand_inputs(args.input)))
         streams = {".": Source("files", files=files, fmt=args.format, text_field=args.text_field)}
     else:
-        streams = {name: Source("hub", hub_name=hub, hub_config=config) for name, (hub, config) in WIKIBOOK.items()}
+        streams = {name: Source("hub", hub=HubSpec.parse(getattr(args, name), f"--{name}"), hub_split=args.split,
+                                streaming=args.streaming, text_field=args.text_field)
+                   for name in ("wikipedia", "bookcorpus")}
     convert(streams, args.out, options, overwrite=args.overwrite)
 
 
@@ -102,9 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
+    from convert.writer import ConversionError
+
     try:
         run(args)
-    except InputError as e:
+    except (InputError, ConversionError) as e:
         print(f"perceiver-convert: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Documents from raw corpora: local files of several formats and Hugging Face hub datasets.
+"""Documents from raw corpora: local files of several formats (hub datasets: ``convert.hub``).
 
 Every reader yields raw documents in a fixed order; what it cannot use it counts in ``Stats.skipped`` with a
 reason, so nothing disappears silently. Readers that fail on bad input name the file (and line).
@@ -15,8 +15,12 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from convert.hub import HubSpec
 
 MAX_REPLACED_FRACTION = 0.001  # default share of a file's bytes that may be undecodable (not UTF-8)
 FORMATS = ("auto", "txt", "jsonl", "parquet", "wikiextractor", "gutenberg", "wikidump")
@@ -253,44 +257,54 @@ def read_file(path: Path, fmt: str, stats: Stats, text_field: str) -> Iterator[s
     return readers[fmt](path, stats)
 
 
-def read_hub(name: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
-    """A Hugging Face hub dataset (needs hub access or a local HF cache, e.g. ``HF_DATASETS_CACHE``)."""
-    from datasets import load_dataset
-
-    dataset = load_dataset(name, config, split=split)
-    if text_field not in dataset.column_names:
-        raise InputError(f"hub dataset {name}/{config}: no {text_field!r} column ({dataset.column_names})")
-    for batch in dataset.iter(batch_size=1024):
-        yield from batch[text_field]
-
-
 @dataclass(frozen=True)
 class Source:
-    """What to read, picklable so each worker process can open it itself. All but ``kind`` are keyword-only."""
+    """What to read, picklable so each worker process can open it itself. All but ``kind`` are keyword-only.
+
+    ``kind`` "files": local ``files`` of format ``fmt``; "hub": the dataset ``hub`` (``convert.hub``), split
+    ``hub_split``, read as a stream with ``streaming``; ``hub_commit`` is the commit its revision resolved to
+    when the conversion started (every worker reads that one).
+    """
 
     kind: str  # "files" or "hub"
     _: KW_ONLY
     files: tuple[str, ...] = ()
     fmt: str = "auto"
     text_field: str = "text"
-    hub_name: str = ""
-    hub_config: str | None = None
+    hub: HubSpec | None = None
     hub_split: str = "train"
+    streaming: bool = False
+    hub_commit: str | None = None
 
     def describe(self) -> dict:
         if self.kind == "hub":
-            return {"hub": self.hub_name, "config": self.hub_config, "split": self.hub_split}
+            return {"hub": self.hub.name, "config": self.hub.config, "revision": self.hub.revision,
+                    "commit": self.hub_commit, "split": self.hub_split, "streaming": self.streaming,
+                    "text_field": self.text_field}
         return {"files": list(self.files), "format": self.fmt, "text_field": self.text_field}
+
+    def deals_whole_parts(self, workers: int) -> bool:
+        """Whether each of ``workers`` reads only its own part of the input (whole files, or its rows of a hub
+        dataset), rather than every worker reading everything and keeping every n-th document."""
+        return self.kind == "hub" or len(self.files) >= workers > 1
 
     def documents(self, stats: Stats, share: tuple[int, int] = (0, 1)) -> Iterator[str]:
         """The documents' plain text in order; empty or whitespace-only ones are counted and skipped.
 
-        ``share=(k, n)`` keeps documents k, k + n, k + 2n, ... of what the readers yield, and renders only those:
-        n conversion workers each read everything (cheap) and render their own share (not cheap for wikitext).
+        ``share=(k, n)``: worker k of n. With at least n files, worker k reads whole files k, k + n, ... (no
+        worker reads input it does not convert); with fewer, each reads every file and keeps (and renders, which
+        is not cheap for wikitext) documents k, k + n, ...; of a hub dataset, its rows (``convert.hub``).
         """
         k, n = share
         if self.kind == "hub":
-            raw: Iterator[str] = read_hub(self.hub_name, self.hub_config, self.hub_split, self.text_field)
+            from convert.hub import documents
+
+            hub = self.hub if self.hub_commit is None else replace(self.hub, revision=self.hub_commit)
+            raw: Iterator[str] = documents(hub, self.hub_split, self.streaming, self.text_field, share, stats)
+            k, n = 0, 1  # already this worker's share
+        elif self.deals_whole_parts(n):
+            raw = (doc for f in self.files[k::n] for doc in read_file(Path(f), self.fmt, stats, self.text_field))
+            k, n = 0, 1
         else:
             raw = (doc for f in self.files for doc in read_file(Path(f), self.fmt, stats, self.text_field))
         for index, document in enumerate(raw):

@@ -21,7 +21,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from streaming import MDSWriter
@@ -33,6 +34,10 @@ from convert.packing import Packer, token_dtype, tokenize
 from convert.sources import MAX_REPLACED_FRACTION, InputError, Source, Stats
 from convert.tokenizer import describe, load_tokenizer, separator_id
 from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, SPLITS, TYPES_COLUMN
+
+
+class ConversionError(RuntimeError):
+    """A conversion that failed for another reason than its input (a worker died or raised); one line."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,13 @@ def _run_workers(source: Source, root: Path, options: Options, description: str)
         elapsed = max(time.monotonic() - start, 1e-9)
         progress.set_postfix(tokens=f"{tokens:,}", MB_s=f"{nbytes / elapsed / 1e6:.2f}", refresh=False)
 
+    try:
+        return _run_parts(source, root, options, description, update)
+    finally:
+        progress.close()  # ends the progress line, so an error message starts on its own
+
+
+def _run_parts(source: Source, root: Path, options: Options, description: str, update: Report) -> list[PartResult]:
     if options.workers == 1:
         results = [_convert_part(source, root, 0, options, update)]
     else:
@@ -185,15 +197,19 @@ def _run_workers(source: Source, root: Path, options: Options, description: str)
             try:
                 results = [f.result() for f in futures]
             except BrokenProcessPool as error:
-                raise RuntimeError(f"{description}: a conversion worker died ({error}); killed for memory? "
-                                   "Nothing was written to the output; retry with fewer --workers") from None
+                raise ConversionError(f"{description}: a conversion worker died ({error}); killed for memory? "
+                                      "Nothing was written to the output; retry with fewer --workers") from None
+            except InputError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the worker's traceback is in its __cause__
+                raise ConversionError(f"{description}: a conversion worker failed ({type(error).__name__}: "
+                                      f"{error}); nothing was written to the output") from error
         except BaseException:  # an error in a worker, SIGTERM, Ctrl-C: no worker may keep running
             _stop(pool)
             raise
         pool.shutdown()
         while not queue.empty():
             update(queue.get())
-    progress.close()
     return results
 
 
@@ -211,7 +227,27 @@ def _merge(split_dir: Path) -> None:
             logger.setLevel(level)
 
 
+def read_stats(source: Source, parts: list[PartResult]) -> Stats:
+    """What reading saw, over all workers: summed where each read its own part, else worker 0's (every worker
+    read every document) with the ``empty`` counts summed (each renders only its own documents)."""
+    if source.deals_whole_parts(len(parts)):
+        total = Stats()
+        for part in parts:
+            total.skipped.update(part.stats.skipped)
+            total.replaced_bytes += part.stats.replaced_bytes
+            total.decoded_bytes.update(part.stats.decoded_bytes)
+            total.replaced_by_file.update(part.stats.replaced_by_file)
+            total.not_text_files += part.stats.not_text_files
+    else:
+        total = deepcopy(parts[0].stats)
+        total.skipped["empty"] = sum(p.stats.skipped["empty"] for p in parts)
+    total.skipped = +total.skipped
+    total.not_text_files.sort()
+    return total
+
+
 def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str, parts: list[PartResult]) -> dict:
+    stats = read_stats(source, parts)
     return {
         "format": MANIFEST_FORMAT,
         "package_version": perceiver_stream.__version__,
@@ -230,17 +266,11 @@ def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str
         },
         "source_counts": {
             "documents_converted": sum(sum(p.documents.values()) for p in parts),
-            "documents_skipped": _skipped(parts),
-            "undecodable_bytes_replaced": parts[0].stats.replaced_bytes,
-            "files_not_text": parts[0].stats.not_text_files,
+            "documents_skipped": dict(sorted(stats.skipped.items())),
+            "undecodable_bytes_replaced": stats.replaced_bytes,
+            "files_not_text": stats.not_text_files,
         },
     }
-
-
-def _skipped(parts: list[PartResult]) -> dict[str, int]:
-    skipped = Counter(parts[0].stats.skipped)  # every worker reads every document: worker 0's counts are whole
-    skipped["empty"] = sum(p.stats.skipped["empty"] for p in parts)  # but each renders only its own share
-    return dict(sorted((+skipped).items()))
 
 
 def _output_layout(out: Path) -> list[Path]:
@@ -302,6 +332,7 @@ def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: 
             raise InputError(f"--out {out}: exists and is not empty (pass --overwrite to replace it)")
         check_replaceable(out, streams)
     tokenizer_info = describe(load_tokenizer(options.tokenizer), options.tokenizer)
+    streams = {name: _opened(source) for name, source in streams.items()}
     partial = out.parent / f".{out.name}.partial"
     if partial.exists():
         print(f"removing the unfinished output of an interrupted run: {partial}")
@@ -328,13 +359,23 @@ def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: 
     return manifests
 
 
+def _opened(source: Source) -> Source:
+    """A hub source opened once here (downloaded unless streaming; its revision resolved to a commit), so a
+    dataset that does not load fails before any output or worker exists; a file source as it is."""
+    if source.kind != "hub":
+        return source
+    from convert.hub import prepare
+
+    return replace(source, hub_commit=prepare(source.hub, source.hub_split, source.streaming, source.text_field))
+
+
 def _convert_streams(streams: dict[str, Source], partial: Path, options: Options, tokenizer_info: dict,
                      out_name: str) -> dict[str, dict]:
     manifests = {}
     for name, source in streams.items():
         root = partial / name
         parts = _run_workers(source, root, options, f"converting {name if name != '.' else out_name}")
-        _check_input_quality(name, parts, options)
+        _check_input_quality(name, read_stats(source, parts), parts, options)
         for split in SPLITS:
             split_dir = root / split
             _merge(split_dir)
@@ -344,9 +385,8 @@ def _convert_streams(streams: dict[str, Source], partial: Path, options: Options
     return manifests
 
 
-def _check_input_quality(name: str, parts: list[PartResult], options: Options) -> None:
+def _check_input_quality(name: str, stats: Stats, parts: list[PartResult], options: Options) -> None:
     """Refuse input that is mostly not UTF-8 text, and input that gives no sample at all."""
-    stats = parts[0].stats  # every worker reads every document: worker 0's decoding counts are whole
     stream = "" if name == "." else f"stream {name}: "
     worst = stats.worst_files(options.max_replaced_fraction)
     if worst:
@@ -357,7 +397,7 @@ def _check_input_quality(name: str, parts: list[PartResult], options: Options) -
                          "-t utf-8), remove them, or raise --max-replaced-fraction")
     if sum(p.samples["train"] + p.samples["val"] for p in parts) == 0:
         raise InputError(f"{stream}the input gives no samples (no text to convert; skipped documents: "
-                         f"{_skipped(parts) or 'none'}); check --input and --format")
+                         f"{dict(stats.skipped) or 'none'}); check --input and --format")
 
 
 def _summary(manifests: dict[str, dict], out: Path, seconds: float) -> None:

@@ -47,9 +47,10 @@ def sources(corpus: dict[str, list[str]], source: str) -> dict:
     from convert.sources import Source
 
     if source == "hub":  # small slices of the blueprint's Wikibook
-        return {"wikipedia": Source("hub", hub_name="wikipedia", hub_config="20220301.en", hub_split="train[:3000]"),
-                "bookcorpus": Source("hub", hub_name="bookcorpus", hub_config="plain_text",
-                                     hub_split="train[:300000]")}
+        from convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
+
+        return {"wikipedia": Source("hub", hub=HubSpec.parse(WIKIPEDIA, "wikipedia"), hub_split="train[:3000]"),
+                "bookcorpus": Source("hub", hub=HubSpec.parse(BOOKCORPUS, "bookcorpus"), hub_split="train[:300000]")}
     formats = {"wikipedia": "wikidump", "bookcorpus": "txt"}
     return {name: Source("files", files=tuple(files), fmt=formats[name]) for name, files in corpus.items()}
 

@@ -40,12 +40,6 @@ def run_cli(*argv: str) -> None:
     main([str(a) for a in argv])
 
 
-@pytest.fixture(scope="module")
-def wiki_files() -> list[str]:
-    return [str(shared_path("corpora/wikipedia/enwiki2021_wiki_00")),
-            str(shared_path("corpora/wikipedia/enwiki2021_wiki_01"))]
-
-
 def read_all(split: Path) -> list[dict]:
     clean_stale_shared_memory()
     dataset = StreamingDataset(local=str(split), shuffle=False, batch_size=1)
@@ -312,26 +306,6 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
     killer.join()
     assert not errors
     assert not (tmp_path / "out").exists()
-
-
-def test_wikibook_writes_two_streams_from_the_hub_loader(tmp_path, monkeypatch, wiki_files):
-    import datasets
-
-    wiki = list(Source("files", files=tuple(wiki_files[:1])).documents(Stats()))[:200]
-    books = [line for line in (Path(wiki_files[1]).read_text().split("\n")) if len(line) > 40][:300]
-    calls = []
-
-    def fake_load_dataset(name, config, split):
-        calls.append((name, config, split))
-        return datasets.Dataset.from_dict({"text": wiki if name == "wikipedia" else books})
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    run_cli("wikibook", "--tokenizer", xlnet(), "--out", tmp_path / "wb", "--workers", "1", "--max-seq-len", "128")
-    assert calls == [("wikipedia", "20220301.en", "train"), ("bookcorpus", "plain_text", "train")]
-    for stream, count in (("wikipedia", 200), ("bookcorpus", 300)):
-        manifests = [json.loads((tmp_path / "wb" / stream / s / "manifest.json").read_text()) for s in ("train", "val")]
-        assert manifests[0]["source"]["hub"] == stream
-        assert sum(m["counts"]["documents"] for m in manifests) == count
 
 
 def test_tokenizer_training_makes_a_loadable_fast_tokenizer(tmp_path, wiki_files):
