@@ -2,8 +2,11 @@
 
 Converts the Wikipedia extracts + Gutenberg books with the xlnet tokenizer (``perceiver-convert text``
 internals, N workers), and times the same tokenizer's batched ``__call__`` over the same documents in N
-processes with nothing written (documents read beforehand, untimed). Prints a last-line JSON object with
-``convert_tokens_per_s``, ``tokenizer_only_tokens_per_s``, ``ratio`` (goal >= 0.8).
+processes with nothing written (documents read beforehand, untimed). Then converts the same documents from a
+local directory laid out like a parquet hub dataset (``perceiver-convert wikibook --streaming``'s path).
+Prints a last-line JSON object with ``convert_tokens_per_s``, ``tokenizer_only_tokens_per_s``, ``ratio``
+(goal >= 0.8), ``hub_streaming_tokens_per_s`` and ``hub_streaming_ratio``, and ``worker_max_rss_mb`` (the
+largest resident set of any worker, for sizing a full Wikibook conversion).
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from convert.hub import HubSpec
 from convert.sources import Source, Stats, expand_inputs
 from convert.tokenizer import load_tokenizer
 from convert.writer import Options, convert
@@ -61,10 +69,26 @@ def main() -> None:
         convert_seconds = time.perf_counter() - start
     converted_tokens = sum(m["counts"]["tokens"] for m in manifests.values())
     assert converted_tokens == bare_tokens, (converted_tokens, bare_tokens)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = Path(tmp) / "hub"
+        (hub / "data").mkdir(parents=True)
+        parts = 2 * args.workers  # whole files dealt out to the workers
+        for k in range(parts):
+            name = f"train-{k:05d}-of-{parts:05d}.parquet"
+            pq.write_table(pa.table({"text": _documents[k::parts]}), hub / "data" / name)
+        start = time.perf_counter()
+        streamed = convert({".": Source("hub", hub=HubSpec(str(hub)), streaming=True)}, Path(tmp) / "out", options)
+        hub_seconds = time.perf_counter() - start
+    hub_tokens = sum(m["counts"]["tokens"] for m in streamed.values())
+    assert hub_tokens == bare_tokens, (hub_tokens, bare_tokens)
     convert_rate, bare_rate = converted_tokens / convert_seconds, bare_tokens / bare_seconds
     print(json.dumps({"workers": args.workers, "tokens": converted_tokens,
                       "convert_tokens_per_s": round(convert_rate), "tokenizer_only_tokens_per_s": round(bare_rate),
-                      "ratio": round(convert_rate / bare_rate, 3)}))
+                      "ratio": round(convert_rate / bare_rate, 3),
+                      "hub_streaming_tokens_per_s": round(hub_tokens / hub_seconds),
+                      "hub_streaming_ratio": round(hub_tokens / hub_seconds / bare_rate, 3),
+                      "worker_max_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}))
 
 
 if __name__ == "__main__":

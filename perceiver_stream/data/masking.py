@@ -78,6 +78,17 @@ class MaskingConfig:
             raise ValueError("data.mask_replace_prob + data.random_replace_prob must not exceed 1")
 
 
+def count_tokens(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Tokens of a collated batch, all of them and those that carry the loss, for Composer's ``DataSpec``.
+
+    With ``accumulate_train_batch_on_tokens`` Composer weights each micro-batch's mean loss by its labelled
+    tokens over the step's labelled tokens on all ranks, so the gradient is that of the mean over every labelled
+    token of the global batch, whatever the device count and micro-batch size (weighting by samples would not
+    be: masked words differ in number from sample to sample).
+    """
+    return {"total": batch["input_ids"].numel(), "loss_generating": int((batch["labels"] != IGNORE_INDEX).sum())}
+
+
 class MLMCollator:
     """Collates ``{input_ids, token_type, sample_idx, epoch}`` records into a masked batch.
 

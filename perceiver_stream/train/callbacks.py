@@ -92,7 +92,7 @@ class SampleLog(Callback):
             rows = [row for rank_rows in gathered for row in rank_rows]
             record = {"batch": int(state.timestamp.batch), "epoch": int(state.timestamp.epoch),
                       "samples": [i for i, _ in rows], "digests": [d for _, d in rows],
-                      "loss": float(state.loss) if isinstance(state.loss, torch.Tensor) else None}
+                      "loss": state.total_loss_dict.get("loss/train/total")}  # the global batch's, all ranks
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")

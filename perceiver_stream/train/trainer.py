@@ -11,7 +11,7 @@ import torch
 from composer import Trainer
 from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
-from composer.core import Evaluator
+from composer.core import DataSpec, Evaluator
 from composer.loggers import TensorboardLogger, WandBLogger
 from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, reproducibility
@@ -20,6 +20,7 @@ from streaming.base.util import clean_stale_shared_memory
 
 from perceiver_stream.config import ConfigError, to_dict
 from perceiver_stream.data import DataInfo, build_dataloader, prepare
+from perceiver_stream.data.masking import count_tokens
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
 from perceiver_stream.train.callbacks import (
@@ -181,7 +182,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     trainer = Trainer(
         run_name=cfg.run_name,
         model=model,
-        train_dataloader=train_loader,
+        train_dataloader=DataSpec(train_loader, get_num_tokens_in_batch=count_tokens),
+        accumulate_train_batch_on_tokens=True,  # the loss is the mean over the global batch's labelled tokens
         eval_dataloader=Evaluator(label="eval", dataloader=eval_loader,
                                   metric_names=["MaskedAccuracy", "LanguageCrossEntropy", "MaskTokenAccuracy",
                                                 "MaskTokenUnigramAccuracy"]),

@@ -1,0 +1,83 @@
+"""One process, two-process DDP and two-process FSDP2 train the same model: the same samples and masks in every
+global batch, the same per-batch losses and the same final weights within float32 tolerance (Lamb, mlm_tiny, CPU).
+
+The loss is the mean over the global batch's labelled tokens whatever the device count and micro-batch size
+(``data.masking.count_tokens``), so one process with two micro-batches of 8 and two processes with 8 each compute
+the same gradient; what differs is only the order of float32 sums.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run
+from tests.optim.test_lamb import free_port
+from tests.train.conftest import TINY, TRAIN
+from tests.train.test_resume import ONE_THREAD, batches, overrides
+from tests.train.test_train import composer
+
+STEPS = 20
+# Float32 trajectories separate exponentially from a one-ulp start (FSDP2 divides gradients before summing
+# them): at mlm_tiny's Lamb lr 0.02 by 1e-4 relative in the loss at step 11 and 1e-3 at step 20, at lr 0.005
+# by 1.3e-4 at step 20. So these runs use lr 0.002; in float64 the same comparison agrees to 1e-12 at any lr
+# (tests/train/fsdp_exactness_worker.py).
+# Lamb normalises every element's step, so an element whose gradient is float32 noise (the key biases' gradient is
+# exactly 0: softmax ignores a shift shared by all keys; small biases and LayerNorm shifts are close to it) takes
+# steps of size lr whose sign the noise decides. DDP's sums match one process's micro-batch sums almost bit for
+# bit; FSDP2's do not, hence its looser weight tolerance (all parameters together, relative).
+LR = 0.002
+LOSS_RTOL = 1e-4  # per-batch losses, relative
+WEIGHT_RTOL = {"ddp": 1e-6, "fsdp2": 3e-3}  # ||all weights' difference|| / ||all weights||
+
+
+def train(command: list[str], shards: Path, run_dir: Path, **extra) -> dict[int, dict]:
+    settings = {"max_duration": f"{STEPS}ba", "save_interval": f"{STEPS}ba", "autoresume": "false",
+                "data.num_workers": 0, "device_train_microbatch_size": 8, "optimizer.lr": LR, **extra}
+    result = run(command + [TRAIN, TINY, *overrides(shards, run_dir, **settings)], env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return batches(run_dir)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "ckpt" / f"ep0-ba{STEPS}-rank0.pt", map_location="cpu", weights_only=False)
+    return {k.replace("._checkpoint_wrapped_module", ""): v for k, v in state["state"]["model"].items()}
+
+
+@pytest.fixture(scope="module")
+def single(tiny_shards, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("single")
+    train([sys.executable], tiny_shards, run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp2"])
+def test_two_processes_train_what_one_process_trains(tiny_shards, single, tmp_path, parallelism):
+    extra = {} if parallelism == "ddp" else {"parallelism.fsdp.version": 2, "model.activation_checkpointing": "true"}
+    theirs = train(composer(2), tiny_shards, tmp_path, **extra)
+    ours = batches(single)
+    assert sorted(ours) == sorted(theirs) == list(range(1, STEPS + 1))
+    for batch in ours:
+        assert (sorted(zip(ours[batch]["samples"], ours[batch]["digests"], strict=True))
+                == sorted(zip(theirs[batch]["samples"], theirs[batch]["digests"], strict=True))), batch
+        assert theirs[batch]["loss"] == pytest.approx(ours[batch]["loss"], rel=LOSS_RTOL), batch
+    expected, found = final_weights(single), final_weights(tmp_path)
+    assert sorted(expected) == sorted(found)
+    difference = sum(((found[n] - w) ** 2).sum() for n, w in expected.items()).sqrt()
+    assert difference <= WEIGHT_RTOL[parallelism] * sum((w ** 2).sum() for w in expected.values()).sqrt()
+    assert ours[STEPS]["loss"] < ours[1]["loss"] * (1 - 4 * LOSS_RTOL)  # trained: agreeing means something
+
+
+def test_fsdp2_gradients_and_lamb_steps_are_exact_in_float64(tmp_path):
+    out = tmp_path / "report.json"
+    worker = str(Path(__file__).with_name("fsdp_exactness_worker.py"))
+    result = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port()), worker, str(out)], env={**ONE_THREAD, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["grad"] < 1e-12 and report["loss"] < 1e-12, report
+    assert report["loss_drop"] > 1e-3, report  # the steps moved the model
