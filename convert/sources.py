@@ -257,6 +257,20 @@ def read_file(path: Path, fmt: str, stats: Stats, text_field: str) -> Iterator[s
     return readers[fmt](path, stats)
 
 
+def deal_files(files: tuple[str, ...], workers: int) -> list[list[str]]:
+    """Whole files for each worker, balanced by size: largest first, each to the worker with the fewest bytes so
+    far (ties: the lower worker), each worker's files then in input order. A pure function of the files' names and
+    sizes, so the output of a conversion stays a function of its input."""
+    sizes = {f: os.path.getsize(f) for f in files}
+    loads, shares = [0] * workers, [[] for _ in range(workers)]
+    for file in sorted(files, key=lambda f: (-sizes[f], f)):
+        worker = min(range(workers), key=lambda w: (loads[w], w))
+        loads[worker] += sizes[file]
+        shares[worker].append(file)
+    order = {f: i for i, f in enumerate(files)}
+    return [sorted(share, key=order.__getitem__) for share in shares]
+
+
 @dataclass(frozen=True)
 class Source:
     """What to read, picklable so each worker process can open it itself. All but ``kind`` are keyword-only.
@@ -291,7 +305,7 @@ class Source:
     def documents(self, stats: Stats, share: tuple[int, int] = (0, 1)) -> Iterator[str]:
         """The documents' plain text in order; empty or whitespace-only ones are counted and skipped.
 
-        ``share=(k, n)``: worker k of n. With at least n files, worker k reads whole files k, k + n, ... (no
+        ``share=(k, n)``: worker k of n. With at least n files, worker k reads whole files (``deal_files``: no
         worker reads input it does not convert); with fewer, each reads every file and keeps (and renders, which
         is not cheap for wikitext) documents k, k + n, ...; of a hub dataset, its rows (``convert.hub``).
         """
@@ -303,7 +317,8 @@ class Source:
             raw: Iterator[str] = documents(hub, self.hub_split, self.streaming, self.text_field, share, stats)
             k, n = 0, 1  # already this worker's share
         elif self.deals_whole_parts(n):
-            raw = (doc for f in self.files[k::n] for doc in read_file(Path(f), self.fmt, stats, self.text_field))
+            mine = deal_files(self.files, n)[k]
+            raw = (doc for f in mine for doc in read_file(Path(f), self.fmt, stats, self.text_field))
             k, n = 0, 1
         else:
             raw = (doc for f in self.files for doc in read_file(Path(f), self.fmt, stats, self.text_field))

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerFast
 
 from perceiver_stream.config import ConfigError
+from perceiver_stream.train.resume import write_digests
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,25 @@ class ResumeGuard(Callback):
             raise ConfigError("cannot resume exactly: the checkpoint was written with other settings that decide the "
                              "order of samples and their masks: " + "; ".join(changed) +
                              ". Restore them, or start a new run (new run_name or save_folder)")
+
+
+class CheckpointDigests(Callback):
+    """After each checkpoint is written, records its digest beside it (``resume.write_digests``), so autoresume
+    can refuse one whose bytes changed since. Composer's saver runs after the other callbacks of an event, so the
+    new checkpoint is hashed at the start of the next batch, and the final one once the trainer closes."""
+
+    def __init__(self, save_folder: str):
+        self.save_folder = save_folder
+
+    def _write(self) -> None:
+        if dist.get_global_rank() == 0:
+            write_digests(self.save_folder)
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        self._write()
+
+    def post_close(self) -> None:
+        self._write()
 
 
 class RunDescription(Callback):

@@ -5,6 +5,10 @@ symlink. A kill during the write leaves a truncated newest file; a kill between 
 link leaves no ``latest`` at all, and autoresume would silently start from scratch. Before the Trainer
 starts, ``repair_latest`` points every ``latest`` link at the newest *complete* checkpoint and moves
 incomplete ones aside (renamed ``*.incomplete``, never deleted).
+
+A complete file can still hold corrupted bytes (a disk or copy error), which load without complaint and train
+into NaN. So once a checkpoint is written, ``write_digests`` records its xxh64 in ``<checkpoint>.xxh64``; a
+checkpoint whose bytes no longer match is moved aside as ``*.corrupt`` and the previous one resumed instead.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import re
 import zipfile
 from pathlib import Path
+
+import xxhash
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,56 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def _digest(path: Path) -> str:
+    """xxh64 of a checkpoint file, or of a sharded checkpoint directory's files in name order."""
+    digest = xxhash.xxh64()
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            digest.update(file.name.encode())
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".xxh64")
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The folder's checkpoints (not the ``latest`` links), newest first."""
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if match and not path.is_symlink():
+            found.append(((int(match.group(1)), int(match.group(2))), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def write_digests(save_folder: str | Path) -> None:
+    """Record the digest of every complete checkpoint that has none yet (called after each save), and drop the
+    digests of checkpoints Composer has rotated away."""
+    folder = Path(save_folder)
+    if not folder.is_dir():
+        return
+    checkpoints = _checkpoints(folder)
+    for path in checkpoints:
+        if not _digest_file(path).exists() and is_complete(path):
+            partial = path.with_name(path.name + ".xxh64.partial")
+            partial.write_text(_digest(path) + "\n")
+            os.replace(partial, _digest_file(path))
+    kept = {_digest_file(p).name for p in checkpoints}
+    for stale in folder.glob("*.xxh64"):
+        if stale.name not in kept:
+            stale.unlink()
+
+
+def is_intact(path: Path) -> bool:
+    """Whether a checkpoint's bytes match its recorded digest (true when none was recorded yet)."""
+    record = _digest_file(path)
+    return not record.exists() or record.read_text().strip() == _digest(path)
+
+
 def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
     """Point ``latest-rank{r}.pt`` (r < world_size) at the newest complete checkpoint in ``save_folder``.
 
@@ -40,19 +96,21 @@ def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
     folder = Path(save_folder)
     if not folder.is_dir():
         return None
-    candidates = []
-    for path in folder.iterdir():
-        match = _CHECKPOINT.match(path.name)
-        if match and not path.is_symlink():
-            candidates.append(((int(match.group(1)), int(match.group(2))), path))
     newest = None
-    for _, path in sorted(candidates, reverse=True):
-        if is_complete(path):
+    for path in _checkpoints(folder):
+        if not is_complete(path):
+            incomplete = path.with_name(path.name + ".incomplete")
+            log.warning("checkpoint %s is incomplete (killed while being written); moved to %s", path, incomplete)
+            os.replace(path, incomplete)
+        elif not is_intact(path):
+            corrupt = path.with_name(path.name + ".corrupt")
+            log.warning("checkpoint %s does not match the digest recorded when it was written (its bytes changed "
+                        "since); moved to %s, resuming from the previous checkpoint", path, corrupt)
+            os.replace(path, corrupt)
+            os.replace(_digest_file(path), _digest_file(corrupt))
+        else:
             newest = path
             break
-        incomplete = path.with_name(path.name + ".incomplete")
-        log.warning("checkpoint %s is incomplete (killed while being written); moved to %s", path, incomplete)
-        os.replace(path, incomplete)
     if newest is None:
         return None
     for rank in range(world_size):

@@ -24,6 +24,7 @@ from perceiver_stream.data.masking import count_tokens
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
 from perceiver_stream.train.callbacks import (
+    CheckpointDigests,
     FillMaskTable,
     ResumeGuard,
     RunDescription,
@@ -144,6 +145,8 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
                  StopOnNonFiniteLoss()]
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
+    if cfg.save_folder and "://" not in cfg.save_folder:
+        callbacks.append(CheckpointDigests(cfg.save_folder.format(run_name=cfg.run_name)))
     if cfg.callbacks.sample_log:
         callbacks.append(SampleLog(cfg.callbacks.sample_log))
     return callbacks

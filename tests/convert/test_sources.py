@@ -177,3 +177,18 @@ def test_each_share_renders_only_its_own_articles(tmp_path, monkeypatch):
         assert stats.skipped["wikidump_redirect"] == 1  # every share reads everything
     assert shares == [["Alpha is a letter.", "Beta is second."], []]  # articles 0 and 2 / article 1 (empty)
     assert counts == [2, 1]
+
+
+def test_files_are_dealt_whole_and_balanced_by_size(tmp_path):
+    sizes = [900, 100, 500, 400, 300, 250, 50]
+    files = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i}.txt"
+        path.write_text("x" * size)
+        files.append(str(path))
+    shares = sources.deal_files(tuple(files), 3)
+    assert sorted(f for share in shares for f in share) == sorted(files)  # each file once
+    assert all(share == sorted(share, key=files.index) for share in shares)  # input order within a share
+    loads = sorted(sum(sizes[files.index(f)] for f in share) for share in shares)
+    assert loads == [800, 800, 900]  # largest first to the lightest: 900 | 500+250+50 | 400+300+100
+    assert sources.deal_files(tuple(files), 3) == shares

@@ -123,21 +123,31 @@ def test_resume_with_another_worker_count(tiny_shards, reference, tmp_path):
     assert_same_run(tmp_path, reference, first_batch=31)
 
 
-@pytest.mark.parametrize("crash", ["during_write", "between_unlink_and_symlink"])
+@pytest.mark.parametrize("crash", ["during_write", "between_unlink_and_symlink", "bytes_corrupted_later"])
 def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards, reference, tmp_path, crash):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     for batch in (10, 20, 30, 40):
-        shutil.copy(reference / "ckpt" / f"ep0-ba{batch}-rank0.pt", folder)
+        for name in (f"ep0-ba{batch}-rank0.pt", f"ep0-ba{batch}-rank0.pt.xxh64"):  # training records the digests
+            shutil.copy(reference / "ckpt" / name, folder)
     shutil.copy(reference / "samples.jsonl", tmp_path / "samples.jsonl")
     newest = folder / "ep0-ba40-rank0.pt"
     if crash == "during_write":  # half of ba40 on disk, latest still at ba30
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
         os.symlink("ep0-ba30-rank0.pt", folder / "latest-rank0.pt")
+    if crash == "bytes_corrupted_later":  # 4 kB of noise inside the weights: still a valid zip, loads as garbage
+        data = bytearray(newest.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 4096] = random.Random(0).randbytes(4096)
+        newest.write_bytes(bytes(data))
+        os.symlink("ep0-ba40-rank0.pt", folder / "latest-rank0.pt")
     result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed_from = 30 if crash == "during_write" else 40
+    resumed_from = 40 if crash == "between_unlink_and_symlink" else 30
     assert ("ep0-ba40-rank0.pt.incomplete" in os.listdir(folder)) == (crash == "during_write")
+    assert ("ep0-ba40-rank0.pt.corrupt" in os.listdir(folder)) == (crash == "bytes_corrupted_later")
+    if crash == "bytes_corrupted_later":
+        assert "does not match the digest recorded when it was written" in result.stderr
     lines = [json.loads(x)["batch"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert lines[BATCHES] == resumed_from + 1  # the first batch run after the restart
     assert_same_run(tmp_path, reference)
