@@ -206,3 +206,29 @@ def test_a_training_checkpoint_describes_its_run(reference, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"perceiver-export: error: {checkpoint}: transformers' PerceiverForMaskedLM cannot express this model; it "
         "needs ['decoder.num_cross_attention_qk_channels == 256', 'decoder.num_cross_attention_heads == 8']"]
+
+
+def test_killed_fsdp2_run_with_sharded_checkpoints_resumes_exactly(tiny_shards, tmp_path):
+    """kill -9 of a two-process FSDP2 run that writes sharded (torch.distributed.checkpoint) checkpoints, resumed
+    to the same samples, losses and final weights as the uninterrupted run; the final sharded checkpoint reads
+    back (perceiver-export's path) to the same weights."""
+    from perceiver_stream.export import read_checkpoint
+
+    fsdp = {"data.num_workers": 0, "parallelism.fsdp.version": 2, "parallelism.fsdp.state_dict_type": "sharded"}
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    for run_dir in (reference, resumed):
+        command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, run_dir, **fsdp)]
+        if run_dir == resumed:
+            kill_and_resume(command, run_dir)
+        else:
+            result = run(command, env=ONE_THREAD)
+            assert result.returncode == 0, result.stderr[-3000:]
+    ours, theirs = batches(resumed), batches(reference)
+    assert sorted(ours) == list(range(1, BATCHES + 1))
+    for batch in ours:
+        assert ours[batch]["samples"] == theirs[batch]["samples"], batch
+        assert ours[batch]["digests"] == theirs[batch]["digests"], batch
+        assert ours[batch]["loss"] == theirs[batch]["loss"], batch
+    final = [read_checkpoint(run_dir / "ckpt" / f"ep0-ba{BATCHES}")["model"] for run_dir in (reference, resumed)]
+    assert final[0].keys() == final[1].keys() and len(final[0]) > 0
+    assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
