@@ -201,6 +201,16 @@ def test_auto_format_skips_and_counts_files_that_are_not_text(tmp_path, wiki_fil
     assert counts["files_not_text"] == [str(png)] and counts["undecodable_bytes_replaced"] == 0
 
 
+def test_unusable_out_and_tokenizer_directory_are_one_line_errors(tmp_path, wiki_files, capsys):
+    (tmp_path / "a_file").write_text("")
+    code, out = convert_cli(tmp_path, capsys, "--out", tmp_path / "a_file" / "out", inputs=(wiki_files[0],))
+    assert code == 2 and f"--out {tmp_path / 'a_file' / 'out'}: cannot write there" in out
+    (tmp_path / "empty_tokenizer").mkdir()
+    code, out = convert_cli(tmp_path, capsys, "--tokenizer", tmp_path / "empty_tokenizer", inputs=(wiki_files[0],))
+    assert code == 2 and f"--tokenizer {tmp_path / 'empty_tokenizer'}: cannot load a tokenizer" in out
+    assert not (tmp_path / "o").exists()
+
+
 def test_tokenizer_without_mask_token_is_refused(tmp_path, capsys):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
