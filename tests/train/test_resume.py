@@ -212,7 +212,7 @@ def test_killed_fsdp2_run_with_sharded_checkpoints_resumes_exactly(tiny_shards, 
     """kill -9 of a two-process FSDP2 run that writes sharded (torch.distributed.checkpoint) checkpoints, resumed
     to the same samples, losses and final weights as the uninterrupted run; the final sharded checkpoint reads
     back (perceiver-export's path) to the same weights."""
-    from perceiver_stream.export import read_checkpoint
+    from perceiver_stream.export import load_checkpoint_model, read_checkpoint, run_config
 
     fsdp = {"data.num_workers": 0, "parallelism.fsdp.version": 2, "parallelism.fsdp.state_dict_type": "sharded"}
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
@@ -229,6 +229,10 @@ def test_killed_fsdp2_run_with_sharded_checkpoints_resumes_exactly(tiny_shards, 
         assert ours[batch]["samples"] == theirs[batch]["samples"], batch
         assert ours[batch]["digests"] == theirs[batch]["digests"], batch
         assert ours[batch]["loss"] == theirs[batch]["loss"], batch
-    final = [read_checkpoint(run_dir / "ckpt" / f"ep0-ba{BATCHES}")["model"] for run_dir in (reference, resumed)]
+    states = [read_checkpoint(run_dir / "ckpt" / f"ep0-ba{BATCHES}") for run_dir in (reference, resumed)]
+    final = [state["model"] for state in states]
     assert final[0].keys() == final[1].keys() and len(final[0]) > 0
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
+    cfg, _ = run_config(states[1], resumed, None, [])  # what perceiver-export needs, from the sharded one alone
+    assert cfg.parallelism.fsdp.state_dict_type == "sharded"
+    load_checkpoint_model(resumed, cfg.model, states[1])
