@@ -34,7 +34,7 @@ class HubSpec:
     def parse(cls, text: str, option: str) -> HubSpec:
         rest, _, revision = text.partition("@")
         name, _, config = rest.partition(":")
-        if not name or (":" in text.split("@")[0] and not config) or ("@" in text and not revision):
+        if not name or (":" in rest and not config) or ("@" in text and not revision):
             raise InputError(f"{option} {text!r}: expected NAME[:CONFIG][@REVISION], e.g. {WIKIPEDIA}")
         return cls(name, config or None, revision or None)
 
@@ -42,11 +42,15 @@ class HubSpec:
         return self.name + (f":{self.config}" if self.config else "") + (f"@{self.revision}" if self.revision else "")
 
 
+def _revision(spec: HubSpec) -> dict[str, str]:
+    """``revision=`` for ``datasets``' loaders; a local directory has none."""
+    return {} if spec.revision is None or os.path.isdir(spec.name) else {"revision": spec.revision}
+
+
 def _load(spec: HubSpec, split: str, streaming: bool):
     from datasets import load_dataset
 
-    revision = {} if spec.revision is None or os.path.isdir(spec.name) else {"revision": spec.revision}
-    return load_dataset(spec.name, spec.config, split=split, streaming=streaming, **revision)
+    return load_dataset(spec.name, spec.config, split=split, streaming=streaming, **_revision(spec))
 
 
 def _failure(spec: HubSpec, error: Exception) -> str:
@@ -90,8 +94,7 @@ def prepare(spec: HubSpec, split: str, streaming: bool, text_field: str) -> str 
         _check_text(spec, dataset, text_field)
         from datasets import load_dataset_builder
 
-        revision = {} if spec.revision is None or os.path.isdir(spec.name) else {"revision": spec.revision}
-        files = load_dataset_builder(spec.name, spec.config, **revision).config.data_files or {}
+        files = load_dataset_builder(spec.name, spec.config, **_revision(spec)).config.data_files or {}
     except InputError:
         raise
     except Exception as error:  # noqa: BLE001 - datasets and the hub raise many types; each becomes one line

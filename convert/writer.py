@@ -246,8 +246,9 @@ def read_stats(source: Source, parts: list[PartResult]) -> Stats:
     return total
 
 
-def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str, parts: list[PartResult]) -> dict:
-    stats = read_stats(source, parts)
+def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str, parts: list[PartResult],
+              stats: Stats) -> dict:
+    """One split's manifest; ``stats`` (``read_stats``) covers the whole stream, so both splits carry it."""
     return {
         "format": MANIFEST_FORMAT,
         "package_version": perceiver_stream.__version__,
@@ -375,11 +376,12 @@ def _convert_streams(streams: dict[str, Source], partial: Path, options: Options
     for name, source in streams.items():
         root = partial / name
         parts = _run_workers(source, root, options, f"converting {name if name != '.' else out_name}")
-        _check_input_quality(name, read_stats(source, parts), parts, options)
+        stats = read_stats(source, parts)
+        _check_input_quality(name, stats, parts, options)
         for split in SPLITS:
             split_dir = root / split
             _merge(split_dir)
-            manifest = _manifest(source, options, tokenizer_info, split, parts)
+            manifest = _manifest(source, options, tokenizer_info, split, parts, stats)
             (split_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             manifests[os.path.normpath(f"{name}/{split}")] = manifest
     return manifests

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import xxhash
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.distributed import get_local_rank
 from streaming.base.storage import CloudDownloader
@@ -20,6 +19,7 @@ from perceiver_stream.data.config import DataConfig, StreamConfig
 from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, TYPES_COLUMN
 from perceiver_stream.data.masking import MLMCollator
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
+from perceiver_stream.digest import file_xxh64
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,8 @@ def _mismatch(path: Path, data: dict) -> str | None:
     expected = data.get("hashes", {}).get("xxh64")
     if expected is None:
         return None
-    digest = xxhash.xxh64()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return None if digest.hexdigest() == expected else digest.hexdigest()
+    found = file_xxh64(path)
+    return None if found == expected else found
 
 
 def verify_shards(name: str, split_dir: Path) -> int:

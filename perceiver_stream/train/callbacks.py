@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from composer import Callback, Logger, State
+from composer.callbacks import CheckpointSaver
 from composer.core import get_precision_context
 from composer.utils import dist
 from torch.nn.parallel import DistributedDataParallel
@@ -122,21 +123,27 @@ class ResumeGuard(Callback):
 
 class CheckpointDigests(Callback):
     """After each checkpoint is written, records its digest beside it (``resume.write_digests``), so autoresume
-    can refuse one whose bytes changed since. Composer's saver runs after the other callbacks of an event, so the
-    new checkpoint is hashed at the start of the next batch, and the final one once the trainer closes."""
+    can refuse one whose bytes changed since. Composer's saver runs after the other callbacks of an event, so a
+    new checkpoint (the saver's ``saved_checkpoints`` changed) is hashed at the start of the next batch, and the
+    final one once the trainer closes; batches without a new checkpoint do not touch the folder."""
 
-    def __init__(self, save_folder: str):
+    def __init__(self, save_folder: Path):
         self.save_folder = save_folder
+        self._newest: str | None = None
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        savers = [c for c in state.callbacks if isinstance(c, CheckpointSaver)]
+        newest = savers[0].saved_checkpoints[-1] if savers and savers[0].saved_checkpoints else None
+        if newest != self._newest:
+            self._newest = newest
+            self._write()
+
+    def post_close(self) -> None:
+        self._write()
 
     def _write(self) -> None:
         if dist.get_global_rank() == 0:
             write_digests(self.save_folder)
-
-    def batch_start(self, state: State, logger: Logger) -> None:
-        self._write()
-
-    def post_close(self) -> None:
-        self._write()
 
 
 class RunDescription(Callback):

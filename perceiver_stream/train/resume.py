@@ -21,6 +21,8 @@ from pathlib import Path
 
 import xxhash
 
+from perceiver_stream.digest import update_with_file
+
 log = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^ep(\d+)-ba(\d+)(-rank0\.pt)?$")
@@ -44,9 +46,7 @@ def _digest(path: Path) -> str:
     for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
         if file.is_file():
             digest.update(file.name.encode())
-            with open(file, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    digest.update(chunk)
+            update_with_file(digest, file)
     return digest.hexdigest()
 
 

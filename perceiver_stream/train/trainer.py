@@ -51,11 +51,19 @@ def check_environment(cfg: TrainConfig) -> None:
                              "torch.cuda.current_device()); use parallelism.fsdp.version=2 on CPU")
 
 
+def local_save_folder(cfg: TrainConfig) -> Path | None:
+    """The checkpoint folder when it is on this machine (``{run_name}`` filled in); None when there is none or it
+    is remote (``s3://`` and the like), where nothing is checked, repaired or hashed here."""
+    if not cfg.save_folder or "://" in cfg.save_folder:
+        return None
+    return Path(cfg.save_folder.format(run_name=cfg.run_name))
+
+
 def check_save_folder(cfg: TrainConfig) -> None:
     """A local ``save_folder`` must be writable before training, not at the first checkpoint hours later."""
-    if not cfg.save_folder or "://" in cfg.save_folder:
+    folder = local_save_folder(cfg)
+    if folder is None:
         return
-    folder = Path(cfg.save_folder.format(run_name=cfg.run_name))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -145,8 +153,8 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
                  StopOnNonFiniteLoss()]
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
-    if cfg.save_folder and "://" not in cfg.save_folder:
-        callbacks.append(CheckpointDigests(cfg.save_folder.format(run_name=cfg.run_name)))
+    if (folder := local_save_folder(cfg)) is not None:
+        callbacks.append(CheckpointDigests(folder))
     if cfg.callbacks.sample_log:
         callbacks.append(SampleLog(cfg.callbacks.sample_log))
     return callbacks
@@ -159,9 +167,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         check_save_folder(cfg)
     share_cpu_threads()
     plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
-    if cfg.autoresume and cfg.save_folder and "://" not in cfg.save_folder and dist.get_global_rank() == 0:
+    if cfg.autoresume and local_save_folder(cfg) is not None and dist.get_global_rank() == 0:
         # Before dist starts: other ranks wait for rank 0 in the Trainer's process-group setup.
-        repair_latest(cfg.save_folder.format(run_name=cfg.run_name), plan.devices)
+        repair_latest(local_save_folder(cfg), plan.devices)
     clean_stale_shared_memory()  # every rank: local rank 0 cleans while the others wait at its barrier
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
