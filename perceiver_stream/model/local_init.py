@@ -1,26 +1,26 @@
-"""Local attention at initialisation: an attempt to shorten a Perceiver IO MLM's unigram plateau.
+"""Local, ordered attention at initialisation: how a Perceiver IO MLM leaves the unigram plateau quickly.
 
 With the paper's Normal(0, 0.02) initialisation every cross-attention is almost uniform: each latent reads
-the mean of all input positions and each output query reads the mean of all latents. Every position then gets
-the same prediction, the unigram distribution, and the gradient that would make attention position-selective
-is tiny because queries and keys are both near zero. The model sits on that plateau for thousands of steps,
-longer the more positions and latents there are.
+the mean of all input positions and each output query the mean of all latents. Every position then gets the
+same prediction, the unigram distribution, and the model sits on that plateau for thousands of steps.
 
-``apply_local_init`` writes a position code into the learned inputs and the attention projections, so that
-from step 0 latent ``i`` attends to the input positions around ``(i + 0.5) / N`` of the sequence and output
-query ``p`` attends to the latents around its own position. The code is ``F`` sine/cosine pairs,
-``c(t) = [cos(pi k t), sin(pi k t)]_{k=1..F}``, whose dot product ``sum_k cos(pi k (t - t'))`` peaks at
-``t = t'``. It occupies the first ``2F`` channels of the position embedding, the latents and the output
-queries (replacing their random values there) and, in each head of the two cross-attentions, the query/key
-projection from those channels (added to the random weights, so content-based attention is still there to
-learn). Each head gets its own sharpness: peak logits spaced geometrically from ``PEAK_LOGITS[0]`` to
-``PEAK_LOGITS[1]``, so the heads see windows of several widths. The cross-attentions' value and output
-projections start at unit gain instead of 0.02, so the content a latent reads, and an output query reads from
-it, reaches the output head at a scale the gradient can use (with 0.02 it arrives scaled down four times).
+Measured (README, "Learning"): making attention merely *local* is not enough. A latent whose heads all read a
+window around its own cells gets an unordered bag of its neighbourhood, and the model stays on the plateau as
+long as with uniform attention; a latent whose heads each read *one* input position, head ``h`` at offset
+``h - (H - 1) / 2`` from the latent's centre, holds its neighbourhood in order and the model leaves the plateau
+within a hundred batches. Ordered reading needs attention that resolves single positions, which a code of a
+head's width (16 sine/cosine pairs in the blueprint) gives only with geometrically spaced frequencies.
 
-Only initial values change: the architecture, the parameter set and the export to ``PerceiverForMaskedLM``
-are exactly those of the normal initialisation. Measured so far (README, "Learning"): the attention is local as
-designed, but at seq 128 the model has not yet left the plateau sooner with it than without it.
+``apply_local_init`` writes that code, ``c(p) = [cos(w_k p), sin(w_k p)]`` with ``w_k`` from
+``MAX_FREQUENCY`` down to ``pi / max_seq_len`` radians per position, into the first channels of the position
+embedding, the latents (at their centres) and the output queries; it adds to each encoder head's query
+projection the rotation that shifts the code by the head's offset (so ``q . k`` peaks at that offset) and to its
+key projection a gain on the code channels; the decoder's heads are centred, of several sharpnesses, as output
+query ``p`` needs the latents holding ``p``. The cross-attentions' value and output projections start at unit
+gain so the content arrives at a scale the gradient can use, and the latent self-attention layers start as the
+identity (their attention and MLP output projections at zero): uniform attention among latents would add what
+all latents share to every latent and bury the ordered content. Only initial values change: the architecture,
+the parameter set and the export to ``PerceiverForMaskedLM`` stay exactly those of the paper's initialisation.
 """
 
 from __future__ import annotations
@@ -30,18 +30,40 @@ import math
 import torch
 from torch import nn
 
-PEAK_LOGITS = (4.0, 16.0)  # matched-position attention logit of the bluntest and the sharpest head
-MAX_FREQUENCIES = 32  # code pairs; more make the window narrower than sharpness needs
+MAX_FREQUENCY = 0.9 * math.pi  # radians per position of the fastest pair: below pi, so neighbours do not alias
+ENCODER_PEAK_LOGIT = 30.0  # matched-position attention logit of every encoder head: one position each
+DECODER_PEAK_LOGITS = (4.0, 16.0)  # bluntest and sharpest decoder head
+MAX_FREQUENCIES = 32  # code pairs at most
 VALUE_GAIN = 1.0  # std * sqrt(fan_in) of the cross-attentions' value and output projections
 LATENT_CODE_RMS = 1.0  # per channel, so the latents' code is not drowned by the content they take in
 
 
-def position_code(num: int, channels: int, device: torch.device | None = None) -> torch.Tensor:
-    """(num, channels) codes of the centres ``(j + 0.5) / num`` of ``num`` equal cells of the sequence."""
-    t = (torch.arange(num, device=device, dtype=torch.float64) + 0.5) / num
-    k = torch.arange(1, channels // 2 + 1, device=device, dtype=torch.float64)
-    angles = math.pi * t[:, None] * k[None, :]
-    return torch.stack([angles.cos(), angles.sin()], dim=-1).reshape(num, -1)
+def frequencies(pairs: int, seq_len: int) -> torch.Tensor:
+    """Angular frequencies (radians per position) of the code's pairs, geometric from ``MAX_FREQUENCY`` down
+    to ``pi / seq_len``: their cosines cancel except at distance 0, so attention can resolve one position."""
+    if pairs == 1:
+        return torch.tensor([MAX_FREQUENCY], dtype=torch.float64)
+    ratio = (math.pi / seq_len) / MAX_FREQUENCY
+    return MAX_FREQUENCY * ratio ** (torch.arange(pairs, dtype=torch.float64) / (pairs - 1))
+
+
+def position_code(positions: torch.Tensor, channels: int, seq_len: int) -> torch.Tensor:
+    """(len(positions), channels) codes of (fractional) positions, interleaved cos/sin per frequency."""
+    angles = positions.double()[:, None] * frequencies(channels // 2, seq_len).to(positions.device)[None, :]
+    return torch.stack([angles.cos(), angles.sin()], dim=-1).reshape(len(positions), -1)
+
+
+def rotation(offset: float, channels: int, seq_len: int) -> torch.Tensor:
+    """(channels, channels) block rotation with ``rotation @ c(p) == c(p + offset)``."""
+    angles = offset * frequencies(channels // 2, seq_len)
+    cos, sin = angles.cos(), angles.sin()
+    blocks = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (pairs, 2, 2)
+    return torch.block_diag(*blocks)
+
+
+def latent_centres(num_latents: int, seq_len: int) -> torch.Tensor:
+    """Position of the middle of the cell of the sequence each latent covers."""
+    return (torch.arange(num_latents, dtype=torch.float64) + 0.5) * seq_len / num_latents - 0.5
 
 
 def code_channels(model: nn.Module) -> int:
@@ -53,52 +75,60 @@ def code_channels(model: nn.Module) -> int:
     return min(widths) // 2 * 2
 
 
-
-def _structure_heads(attention, q_in: torch.Tensor, kv_in: torch.Tensor, m: int) -> None:
-    """Add a gain on the code channels to each head's query and key projection, scaled so that a query and a
-    key at the same position give that head's peak logit (inputs are the layer's normalised q and kv)."""
-    heads = attention.num_heads
-    head_dim = attention.q_proj.out_features // heads
-    # The code's dot product at matching positions, as the normalised inputs carry it.
+def _structure_heads(attention, q_in: torch.Tensor, kv_in: torch.Tensor, m: int, *, peaks: list[float],
+                     query_maps: list[torch.Tensor]) -> None:
+    """Add ``query_maps[h]`` (a rotation, or the identity) and an identity to head ``h``'s query and key
+    projections on the code channels, scaled so the matched query and key give the head's peak logit (the
+    inputs are the layer's normalised q and kv)."""
+    head_dim = attention.q_proj.out_features // attention.num_heads
     matched = (q_in[:, :m].norm(dim=-1).mean() * kv_in[:, :m].norm(dim=-1).mean()).item()
-    peaks = torch.logspace(math.log10(PEAK_LOGITS[0]), math.log10(PEAK_LOGITS[1]), heads).tolist() if heads > 1 \
-        else [math.sqrt(PEAK_LOGITS[0] * PEAK_LOGITS[1])]
-    eye = torch.eye(m, dtype=attention.q_proj.weight.dtype, device=attention.q_proj.weight.device)
-    for h, peak in enumerate(peaks):
+    weight = attention.q_proj.weight
+    eye = torch.eye(m, dtype=weight.dtype, device=weight.device)
+    for h, (peak, query_map) in enumerate(zip(peaks, query_maps, strict=True)):
         gain = math.sqrt(peak * math.sqrt(head_dim) / matched)
         rows = slice(h * head_dim, h * head_dim + m)
-        attention.q_proj.weight[rows, :m] += gain * eye
+        attention.q_proj.weight[rows, :m] += gain * query_map.to(weight)
         attention.k_proj.weight[rows, :m] += gain * eye
 
 
 @torch.no_grad()
 def apply_local_init(model: nn.Module) -> None:
-    """Make ``model``'s (a ``PerceiverMLM`` just initialised normally) cross-attentions local (module doc)."""
+    """Make ``model``'s (a ``PerceiverMLM`` just initialised normally) attention local and ordered (module doc)."""
     config = model.config
     m = code_channels(model)
     if m < 2:
         return
-    std = config.init_scale
+    std, seq_len = config.init_scale, config.max_seq_len
     embedding = model.input_adapter
     positions = embedding.position_embedding.weight
     latents, queries = model.encoder.latents, model.decoder.output_queries
     device = positions.device
     encoder, decoder = model.encoder.cross_attention, model.decoder.cross_attention
-    # Values carry the content: give the cross-attentions' value and output projections unit gain, so what a
-    # latent reads (and what an output query reads from it) is not scaled down twice by 0.02-sized weights.
     for layer in (encoder, decoder):
         for linear in (layer.attention.v_proj, layer.attention.o_proj):
             linear.weight.normal_(0.0, VALUE_GAIN / linear.in_features ** 0.5)
+    for layer in model.encoder.self_attention:
+        layer.attention.o_proj.weight.zero_()
+        layer.mlp[-1].weight.zero_()
     # The input's code carries as much energy as a token embedding, so values still see the token; latents
     # and output queries are learned inputs whose code must survive the content the encoder adds to them.
     input_width = positions.shape[1]
-    positions[:, :m] = std * math.sqrt(input_width / (m // 2)) * position_code(len(positions), m, device)
-    latents[:, :m] = LATENT_CODE_RMS * math.sqrt(2) * position_code(len(latents), m, device)
-    queries[:, :m] = 2 * std * math.sqrt(input_width / (m // 2)) * position_code(len(queries), m, device)
+    scale = std * math.sqrt(input_width / (m // 2))
+    steps = torch.arange(len(positions), device=device)
+    positions[:, :m] = scale * position_code(steps, m, seq_len)
+    latents[:, :m] = LATENT_CODE_RMS * math.sqrt(2) * position_code(latent_centres(len(latents), seq_len).to(device),
+                                                                    m, seq_len)
+    queries[:, :m] = 2 * scale * position_code(steps, m, seq_len)
 
     tokens = embedding.token_embedding.weight
-    sample = tokens[torch.randint(len(tokens), (4, len(positions)), device=device)]
-    inputs = positions + sample
-    _structure_heads(encoder.attention, encoder.q_norm(latents), encoder.kv_norm(inputs[0]), m)
+    inputs = positions + tokens[torch.randint(len(tokens), (4, len(positions)), device=device)]
+    heads = encoder.attention.num_heads
+    offsets = [h - (heads - 1) / 2 for h in range(heads)]
+    _structure_heads(encoder.attention, encoder.q_norm(latents), encoder.kv_norm(inputs[0]), m,
+                     peaks=[ENCODER_PEAK_LOGIT] * heads, query_maps=[rotation(o, m, seq_len) for o in offsets])
     encoded = model.encoder(inputs)  # the decoder attends to latents that carry content too
-    _structure_heads(decoder.attention, decoder.q_norm(queries), decoder.kv_norm(encoded).flatten(0, 1), m)
+    heads = decoder.attention.num_heads
+    peaks = torch.logspace(math.log10(DECODER_PEAK_LOGITS[0]), math.log10(DECODER_PEAK_LOGITS[1]), heads).tolist() \
+        if heads > 1 else [math.sqrt(DECODER_PEAK_LOGITS[0] * DECODER_PEAK_LOGITS[1])]
+    _structure_heads(decoder.attention, decoder.q_norm(queries), decoder.kv_norm(encoded).flatten(0, 1), m,
+                     peaks=peaks, query_maps=[torch.eye(m, dtype=torch.float64)] * heads)
