@@ -6,6 +6,9 @@ float64, so the reduction-order noise of data parallelism (~1e-15) cannot hide a
 ``torch_optimizer_local_shards`` is ``torch_optimizer.Lamb`` given the rank-local shards as plain tensors,
 which is what FSDP1 with ``use_orig_params`` hands an optimizer; ``torch_optimizer_dtensor`` gets the
 DTensors, whose ``torch.norm`` all-reduces (two blocking collectives per parameter per step).
+``ours_flat_shards`` is our Lamb with ``process_group="world"`` on FSDP1's layout, written out by hand (torch's
+FSDP1 needs CUDA in Composer): each rank holds a contiguous slice of every flattened parameter, uneven, and for
+some parameters an empty one without a gradient, as FSDP1 leaves it.
 """
 
 from __future__ import annotations
@@ -66,6 +69,37 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tens
         optimizer.zero_grad()
 
 
+def flat_bounds(numel: int, index: int, world: int, rank: int) -> tuple[int, int]:
+    """Rank ``rank``'s slice of a flattened parameter: uneven cuts; every third parameter lives on rank 0 only."""
+    if index % 3 == 2:
+        return (0, numel) if rank == 0 else (numel, numel)
+    cuts = [0, *[(numel * (2 * r + 1)) // (2 * world) for r in range(1, world)], numel]
+    return cuts[rank], cuts[rank + 1]
+
+
+def train_flat_shards(inputs: torch.Tensor, targets: torch.Tensor, rank: int, world: int) -> nn.Module:
+    """Data-parallel steps where our Lamb updates only this rank's flat slices (FSDP1's reduce-scatter view)."""
+    model = make_model()
+    params = list(model.parameters())
+    bounds = [flat_bounds(p.numel(), i, world, rank) for i, p in enumerate(params)]
+    shards = [p.detach().flatten()[a:b].clone() for p, (a, b) in zip(params, bounds, strict=True)]
+    optimizer = Lamb(shards, lr=LR, weight_decay=0.01, process_group="world")
+    for step in range(STEPS):
+        nn.functional.mse_loss(model(inputs[step]), targets[step]).backward()
+        for p, shard, (a, b) in zip(params, shards, bounds, strict=True):
+            grad = p.grad.flatten().clone()
+            dist.all_reduce(grad)
+            shard.grad = (grad / world)[a:b].clone() if b > a else None
+            p.grad = None
+        optimizer.step()
+        for p, shard, (a, b) in zip(params, shards, bounds, strict=True):
+            full = torch.zeros(p.numel(), dtype=p.dtype)
+            full[a:b] = shard
+            dist.all_reduce(full)
+            p.data.copy_(full.view_as(p))
+    return model
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -86,6 +120,11 @@ def main() -> None:
         train(sharded, make_optimizer(name, sharded.parameters()), inputs[:, local], targets[:, local])
         diffs[name] = max((p.full_tensor() - q).abs().max().item()
                           for p, q in zip(sharded.parameters(), reference.parameters(), strict=True))
+    reference = make_model()
+    train(reference, make_optimizer("ours", reference.parameters()), inputs, targets)
+    flat = train_flat_shards(inputs[:, local], targets[:, local], rank, world)
+    diffs["ours_flat_shards"] = max((p - q).abs().max().item()
+                                    for p, q in zip(flat.parameters(), reference.parameters(), strict=True))
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(diffs, f)
