@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: install
-	$(TEST_ENV) $(PY) -m pytest -q -ra
+	$(TEST_ENV) $(PY) -m pytest -q -ra --durations=15
 
 lint: install
 	$(PY) -m ruff check .

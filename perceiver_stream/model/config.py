@@ -79,10 +79,11 @@ class PerceiverMLMConfig:
         encoder: see EncoderConfig.
         decoder: see DecoderConfig.
         init_scale: std of the normal initialisation of all weights (paper: 0.02).
-        local_init: start both cross-attentions local (``perceiver_stream.model.local_init``): latent i reads
-            the input positions around its share of the sequence and output query p the latents around p.
-            Meant to shorten the unigram plateau; at seq 128 it has not yet done so (README, "Learning"). Only
-            initial values change; the architecture and the export are the same.
+        local_init: start with ordered local attention (``perceiver_stream.model.local_init``): encoder head h
+            of latent i reads one input position, at offset h from the latent's share of the sequence; output
+            query p reads the latents holding p; latent self-attention layers start as the identity. What makes
+            the model leave the unigram plateau within a few hundred batches (README, "Learning"). Only initial
+            values change; the architecture and the export are the same.
         layer_norm_eps: epsilon of every LayerNorm.
         activation_checkpointing: recompute each attention layer's activations in the backward pass.
         activation_offloading: keep checkpointed activations in host memory (needs checkpointing on).
@@ -95,7 +96,7 @@ class PerceiverMLMConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     init_scale: float = 0.02
-    local_init: bool = False
+    local_init: bool = True
     layer_norm_eps: float = 1e-5
     activation_checkpointing: bool = False
     activation_offloading: bool = False

@@ -96,7 +96,7 @@ def apply_local_init(model: nn.Module) -> None:
     """Make ``model``'s (a ``PerceiverMLM`` just initialised normally) attention local and ordered (module doc)."""
     config = model.config
     m = code_channels(model)
-    if m < 2:
+    if m < 2 or model.input_adapter.position_embedding.weight.is_meta:  # meta: no values to set (counting)
         return
     std, seq_len = config.init_scale, config.max_seq_len
     embedding = model.input_adapter

@@ -1,0 +1,22 @@
+"""`yamls/mlm_tiny.yaml` learns in its default run: on held-out `<mask>` positions (where the answer is not in
+the input) it predicts well above always guessing the most frequent target of those positions."""
+
+from __future__ import annotations
+
+import sys
+
+from perceiver_stream.config import build, load
+from perceiver_stream.quickstart import evaluate
+from perceiver_stream.train.config import TrainConfig
+from tests.conftest import run
+from tests.train.conftest import TINY, TRAIN, tiny_overrides
+
+
+def test_mlm_tiny_default_run_leaves_the_unigram_plateau(tiny_shards, tmp_path):
+    overrides = tiny_overrides(tiny_shards, tmp_path, save_folder=tmp_path / "ckpt", eval_interval="300ba")
+    result = run([sys.executable, TRAIN, TINY, *overrides])
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = evaluate(build(TrainConfig, load(TINY, overrides)), tmp_path / "ckpt" / "latest-rank0.pt")
+    print(scores)
+    assert 0.02 < scores["unigram_mask_token_accuracy"] < 0.1
+    assert scores["mask_token_accuracy"] > 1.5 * scores["unigram_mask_token_accuracy"], scores
