@@ -79,6 +79,9 @@ def test_checkpoints_that_cannot_be_exported_are_one_line_errors(checkpoint, tmp
                                                                             "--out", out)
     assert "its weights do not fit the configured model (size mismatch for" in error_of(
         capsys, path, "--out", out, "model.num_latent_channels=64")
+    assert (f"{path}: transformers' PerceiverForMaskedLM cannot express this model; it needs "
+            "['decoder.num_cross_attention_heads == 8']") in error_of(capsys, path, "--out", out,
+                                                                      "model.decoder.num_cross_attention_heads=4")
     assert "is not the tokenizer" in error_of(capsys, path, "--out", out,
                                               f"data.tokenizer={shared_path('tokenizers/bert-base-uncased')}",
                                               "model.vocab_size=32000")

@@ -97,9 +97,9 @@ def test_attention_goes_through_sdpa(monkeypatch):
         calls.append(kwargs.get("attn_mask") is not None)
         return sdpa(*args, **kwargs)
 
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
     config = small_config()
-    model = PerceiverMLM(config).eval()
+    model = PerceiverMLM(config).eval()  # (local_init's calibration runs the encoder once)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
     input_ids, attention_mask, _ = random_batch(config)
     model(input_ids, attention_mask)
     layers = config.encoder.num_self_attention_layers_per_block * config.encoder.num_self_attention_blocks

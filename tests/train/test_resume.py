@@ -190,22 +190,20 @@ def test_two_process_checkpoint_resumes_on_one_process(tiny_shards, ddp_referenc
 
 
 def test_a_training_checkpoint_describes_its_run(reference, tmp_path):
-    """What training writes is enough for perceiver-export: no yaml, no overrides (the export itself is tested
-    in tests/model/test_export.py; mlm_tiny's decoder is one transformers cannot express, a one-line error)."""
+    """What training writes is enough for perceiver-export: no yaml, no overrides (the exported logits are
+    compared in tests/model/test_export.py)."""
     from perceiver_stream.export import load_checkpoint_model, read_checkpoint, run_config
 
     checkpoint = reference / "ckpt" / "latest-rank0.pt"
     state = read_checkpoint(checkpoint)
     cfg, tokenizer_fingerprint = run_config(state, checkpoint, None, [])
-    assert cfg.global_train_batch_size == 16 and cfg.model.num_latents == 32  # this run's overrides and yaml
+    assert cfg.global_train_batch_size == 16 and cfg.model.num_latents == 64  # this run's overrides and yaml
     assert len(tokenizer_fingerprint) == 64
     model = load_checkpoint_model(checkpoint, cfg.model, state)
     assert model.config == cfg.model
     result = run([sys.executable, "-m", "perceiver_stream.export", str(checkpoint), "--out", str(tmp_path / "hf")])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"perceiver-export: error: {checkpoint}: transformers' PerceiverForMaskedLM cannot express this model; it "
-        "needs ['decoder.num_cross_attention_qk_channels == 256', 'decoder.num_cross_attention_heads == 8']"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_latents"] == 64
 
 
 def test_killed_fsdp2_run_with_sharded_checkpoints_resumes_exactly(tiny_shards, tmp_path):
