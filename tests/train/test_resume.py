@@ -84,7 +84,8 @@ def resume_at_30(shards: Path, reference: Path, run_dir: Path) -> None:
 
 def weights_digest(run_dir: Path) -> str:
     """sha256 over the model weights of the run's final (batch 60) checkpoint, in state-dict order."""
-    state = torch.load(run_dir / "ckpt" / f"ep0-ba{BATCHES}-rank0.pt", map_location="cpu", weights_only=False)
+    final = next((run_dir / "ckpt").glob(f"ep*-ba{BATCHES}-rank0.pt"))
+    state = torch.load(final, map_location="cpu", weights_only=False)
     digest = hashlib.sha256()
     for name, tensor in state["state"]["model"].items():
         digest.update(name.encode())
@@ -111,6 +112,23 @@ def reference(tiny_shards, tmp_path_factory) -> Path:
     result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, run_dir)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def test_a_resume_across_epoch_boundaries_repeats_the_run(tiny_shards, tmp_path):
+    """data.epoch_size=400: epochs of 25 batches of 16. Resumed from batch 20 (epoch 0), the run crosses into
+    epochs 1 and 2 with the same samples, masks and losses, and ends with the same weights."""
+    epochs = {"data.epoch_size": 400}
+    reference = tmp_path / "reference"
+    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, reference, **epochs)], env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = batches(reference)
+    assert [log[b]["epoch"] for b in (25, 26, 50, 51)] == [0, 1, 1, 2]
+    resumed = tmp_path / "resumed"
+    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, resumed, **epochs, **{
+        "autoresume": "false", "load_path": reference / "ckpt" / "ep0-ba20-rank0.pt", "data.num_workers": 0})],
+        env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(resumed, reference, first_batch=21)
 
 
 def test_killed_run_resumes_with_the_same_batches(tiny_shards, reference, tmp_path):
@@ -206,13 +224,14 @@ def test_a_training_checkpoint_describes_its_run(reference, tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_latents"] == 64
 
 
-def test_killed_fsdp2_run_with_sharded_checkpoints_resumes_exactly(tiny_shards, tmp_path):
-    """kill -9 of a two-process FSDP2 run that writes sharded (torch.distributed.checkpoint) checkpoints, resumed
-    to the same samples, losses and final weights as the uninterrupted run; the final sharded checkpoint reads
-    back (perceiver-export's path) to the same weights."""
+@pytest.mark.parametrize("state_dict_type", ["sharded", "full"])
+def test_killed_fsdp2_run_resumes_exactly(tiny_shards, tmp_path, state_dict_type):
+    """kill -9 of a two-process FSDP2 run that writes sharded (torch.distributed.checkpoint) or full (rank 0)
+    checkpoints, resumed to the same samples, losses and final weights as the uninterrupted run; the final
+    checkpoint reads back (perceiver-export's path) to the same weights."""
     from perceiver_stream.export import load_checkpoint_model, read_checkpoint, run_config
 
-    fsdp = {"data.num_workers": 0, "parallelism.fsdp.version": 2, "parallelism.fsdp.state_dict_type": "sharded"}
+    fsdp = {"data.num_workers": 0, "parallelism.fsdp.version": 2, "parallelism.fsdp.state_dict_type": state_dict_type}
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for run_dir in (reference, resumed):
         command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, run_dir, **fsdp)]
@@ -227,10 +246,12 @@ def test_killed_fsdp2_run_with_sharded_checkpoints_resumes_exactly(tiny_shards, 
         assert ours[batch]["samples"] == theirs[batch]["samples"], batch
         assert ours[batch]["digests"] == theirs[batch]["digests"], batch
         assert ours[batch]["loss"] == theirs[batch]["loss"], batch
-    states = [read_checkpoint(run_dir / "ckpt" / f"ep0-ba{BATCHES}") for run_dir in (reference, resumed)]
+    name = f"ep0-ba{BATCHES}" + ("" if state_dict_type == "sharded" else "-rank0.pt")
+    checkpoints = [run_dir / "ckpt" / name for run_dir in (reference, resumed)]
+    states = [read_checkpoint(checkpoint) for checkpoint in checkpoints]
     final = [state["model"] for state in states]
     assert final[0].keys() == final[1].keys() and len(final[0]) > 0
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
-    cfg, _ = run_config(states[1], resumed, None, [])  # what perceiver-export needs, from the sharded one alone
-    assert cfg.parallelism.fsdp.state_dict_type == "sharded"
-    load_checkpoint_model(resumed, cfg.model, states[1])
+    cfg, _ = run_config(states[1], checkpoints[1], None, [])  # what perceiver-export needs, from it alone
+    assert cfg.parallelism.fsdp.state_dict_type == state_dict_type
+    load_checkpoint_model(checkpoints[1], cfg.model, states[1])
