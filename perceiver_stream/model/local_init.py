@@ -9,8 +9,9 @@ window around its own cells gets an unordered bag of its neighbourhood, and the 
 long as with uniform attention; a latent whose heads each read *one* input position, head ``h`` at offset
 ``h - (H - 1) / 2`` from the latent's centre, holds its neighbourhood in order and the model leaves the plateau
 within one to two hundred batches of 32 (with Lamb at 5e-3 ... 1e-2, whose per-layer trust ratio keeps the
-initial attention sharp while the rest learns to use it; AdamW at 2e-3 blurs it). Ordered reading needs attention that resolves single positions, which a code of a
-head's width (16 sine/cosine pairs in the blueprint) gives only with geometrically spaced frequencies.
+initial attention sharp while the rest learns to use it; AdamW at 2e-3 blurs it). Ordered reading needs
+attention that resolves single positions, which a code of a head's width (16 sine/cosine pairs in the
+blueprint) gives only with geometrically spaced frequencies.
 
 ``apply_local_init`` writes that code, ``c(p) = [cos(w_k p), sin(w_k p)]`` with ``w_k`` from
 ``MAX_FREQUENCY`` down to ``pi / max_seq_len`` radians per position, into the first channels of the position
