@@ -89,7 +89,7 @@ def _structure_heads(attention, q_in: torch.Tensor, kv_in: torch.Tensor, m: int,
     for h, (peak, query_map) in enumerate(zip(peaks, query_maps, strict=True)):
         gain = math.sqrt(peak * math.sqrt(head_dim) / matched)
         rows = slice(h * head_dim, h * head_dim + m)
-        attention.q_proj.weight[rows, :m] += gain * query_map.to(weight)
+        weight[rows, :m] += gain * query_map.to(weight)
         attention.k_proj.weight[rows, :m] += gain * eye
 
 
@@ -116,11 +116,11 @@ def apply_local_init(model: nn.Module) -> None:
     # and output queries are learned inputs whose code must survive the content the encoder adds to them.
     input_width = positions.shape[1]
     scale = std * math.sqrt(input_width / (m // 2))
-    steps = torch.arange(len(positions), device=device)
-    positions[:, :m] = scale * position_code(steps, m, seq_len)
+    code = position_code(torch.arange(len(positions), device=device), m, seq_len)
+    positions[:, :m] = scale * code
     latents[:, :m] = LATENT_CODE_RMS * math.sqrt(2) * position_code(latent_centres(len(latents), seq_len).to(device),
                                                                     m, seq_len)
-    queries[:, :m] = 2 * scale * position_code(steps, m, seq_len)
+    queries[:, :m] = 2 * scale * code
 
     tokens = embedding.token_embedding.weight
     inputs = positions + tokens[torch.randint(len(tokens), (4, len(positions)), device=device)]

@@ -74,11 +74,10 @@ def kill_and_resume(command: list[str], run_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def resume_at_30(shards: Path, reference: Path, run_dir: Path) -> None:
-    """One process, no loader workers, from ``reference``'s batch-30 checkpoint to the end."""
-    load = reference / "ckpt" / "ep0-ba30-rank0.pt"
+def resume_from(shards: Path, checkpoint: Path, run_dir: Path, **extra) -> None:
+    """One process, no loader workers, from ``checkpoint`` to the end."""
     result = run([sys.executable, TRAIN, TINY, *overrides(shards, run_dir, **{
-        "autoresume": "false", "load_path": load, "data.num_workers": 0})], env=ONE_THREAD)
+        "autoresume": "false", "load_path": checkpoint, "data.num_workers": 0, **extra})], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -124,10 +123,7 @@ def test_a_resume_across_epoch_boundaries_repeats_the_run(tiny_shards, tmp_path)
     log = batches(reference)
     assert [log[b]["epoch"] for b in (25, 26, 50, 51)] == [0, 1, 1, 2]
     resumed = tmp_path / "resumed"
-    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, resumed, **epochs, **{
-        "autoresume": "false", "load_path": reference / "ckpt" / "ep0-ba20-rank0.pt", "data.num_workers": 0})],
-        env=ONE_THREAD)
-    assert result.returncode == 0, result.stderr[-3000:]
+    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba20-rank0.pt", resumed, **epochs)
     assert_same_run(resumed, reference, first_batch=21)
 
 
@@ -137,7 +133,7 @@ def test_killed_run_resumes_with_the_same_batches(tiny_shards, reference, tmp_pa
 
 
 def test_resume_with_another_worker_count(tiny_shards, reference, tmp_path):
-    resume_at_30(tiny_shards, reference, tmp_path)  # reference: data.num_workers=1
+    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba30-rank0.pt", tmp_path)  # reference: num_workers=1
     assert_same_run(tmp_path, reference, first_batch=31)
 
 
@@ -198,7 +194,7 @@ def test_killed_ddp_run_resumes_with_the_same_batches(tiny_shards, ddp_reference
 
 
 def test_two_process_checkpoint_resumes_on_one_process(tiny_shards, ddp_reference, tmp_path):
-    resume_at_30(tiny_shards, ddp_reference, tmp_path)
+    resume_from(tiny_shards, ddp_reference / "ckpt" / "ep0-ba30-rank0.pt", tmp_path)
     resumed, expected = batches(tmp_path), batches(ddp_reference)
     assert sorted(resumed) == list(range(31, BATCHES + 1))
     for batch in resumed:
