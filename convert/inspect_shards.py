@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 
 from streaming import StreamingDataset
-from streaming.base.util import clean_stale_shared_memory
 from transformers import AutoTokenizer
 
 from convert.sources import InputError
 from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, PADDING, SPECIAL, TYPES_COLUMN, WORD_START
+from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
 
 
 def find_splits(root: Path) -> list[Path]:
@@ -66,7 +66,7 @@ def inspect(root: Path, sample: int = 0, tokenizer_path: str | None = None) -> N
 
 def read_sample(split: Path, index: int):
     """(input_ids, token_type) of one sample, read without writing into the dataset's directory."""
-    clean_stale_shared_memory()
+    clean_leaked_shared_memory()
     with tempfile.TemporaryDirectory() as cache:
         dataset = StreamingDataset(remote=str(split), local=cache, shuffle=False, batch_size=1)
         if not 0 <= index < len(dataset):

@@ -16,11 +16,11 @@ from composer.loggers import TensorboardLogger, WandBLogger
 from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config, FSDPConfig
-from streaming.base.util import clean_stale_shared_memory
 
 from perceiver_stream.config import ConfigError, to_dict
 from perceiver_stream.data import DataInfo, build_dataloader, prepare
 from perceiver_stream.data.masking import count_tokens
+from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
 from perceiver_stream.train.callbacks import (
@@ -170,7 +170,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     if cfg.autoresume and local_save_folder(cfg) is not None and dist.get_global_rank() == 0:
         # Before dist starts: other ranks wait for rank 0 in the Trainer's process-group setup.
         repair_latest(local_save_folder(cfg), plan.devices)
-    clean_stale_shared_memory()  # every rank: local rank 0 cleans while the others wait at its barrier
+    clean_leaked_shared_memory()  # what killed runs left; not what a run beside this one is using
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "

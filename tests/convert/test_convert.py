@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from streaming import StreamingDataset
-from streaming.base.util import clean_stale_shared_memory
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from convert.cli import main
 from convert.sources import Source, Stats
 from convert.writer import Options, convert, is_val
 from perceiver_stream.data.format import PADDING, SPECIAL
+from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
 from perceiver_stream.data.tokenizer import fingerprint
 from tests.conftest import REPO, shared_path
 from tests.convert.test_sources import write_dump
@@ -41,7 +41,7 @@ def run_cli(*argv: str) -> None:
 
 
 def read_all(split: Path) -> list[dict]:
-    clean_stale_shared_memory()
+    clean_leaked_shared_memory()
     dataset = StreamingDataset(local=str(split), shuffle=False, batch_size=1)
     return [dataset[i] for i in range(len(dataset))]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 
 from convert.sources import Source
 from convert.writer import Options, convert
+from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
 from tests.conftest import shared_path
 
 
@@ -36,5 +36,5 @@ def bert_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def fresh_shared_memory():
-    clean_stale_shared_memory()
+    clean_leaked_shared_memory()
     yield
