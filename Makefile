@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # Reinstall when pyproject.toml changes or the venv last served another checkout (editable install).
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)-$(shell echo $(CURDIR) | sha256sum | cut -c1-12)
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+# pytest-xdist workers; each gets its share of the cores (tests/conftest.py). Slow tests are handed out first.
+TEST_WORKERS ?= 2
 
 .PHONY: install test lint bench quickstart gpu-check clean
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: install
-	$(TEST_ENV) $(PY) -m pytest -q -ra --durations=15
+	$(TEST_ENV) $(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: install
 	$(PY) -m ruff check .

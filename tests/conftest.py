@@ -1,18 +1,25 @@
-"""Shared test fixtures: offline settings and paths to the real data in ../shared."""
+"""Shared test fixtures: offline settings, paths to the real data in ../shared, data built once per session."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from convert.sources import Source
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test` runs pytest-xdist workers: they share the cores
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+from convert.sources import Source  # noqa: E402  (after OMP_NUM_THREADS: torch reads it when imported)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -42,3 +49,39 @@ def shared_corpora(wiki_files: int, books: int) -> dict[str, Source]:
     wiki = tuple(str(shared_path(f"corpora/wikipedia/enwiki2015_wiki_0{i}")) for i in range(wiki_files))
     book_files = tuple(str(p) for p in sorted(shared_path("corpora/books").glob("*.txt"))[:books])
     return {"wikipedia": Source("files", files=wiki), "bookcorpus": Source("files", files=book_files, fmt="gutenberg")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (stable, so a module's tests stay together): pytest-xdist then hands out the short ones
+    last, and no worker is left running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(path)`` once per test session, also across pytest-xdist workers: the first to get here builds it
+    in their common temporary directory (under a lock), the others wait for it and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    out = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            partial = root / f"{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            build(partial)
+            partial.rename(out)
+    return out
+
+
+def decompress_shards(root: Path) -> None:
+    """Write every shard's decompressed ``.mds`` beside its ``.mds.zstd``, as streaming's first reader would:
+    readers in concurrent tests would otherwise race on the one temporary name streaming writes it under."""
+    from streaming.base.compression import decompress
+
+    for index in root.rglob("index.json"):  # a split's index and its parts' list the same shards
+        for shard in json.loads(index.read_text())["shards"]:
+            raw = index.parent / shard["raw_data"]["basename"]
+            if not raw.exists():
+                zipped = index.parent / shard["zip_data"]["basename"]
+                raw.write_bytes(decompress(shard["compression"], zipped.read_bytes()))

@@ -25,8 +25,8 @@ class ComposerPerceiverMLM(ComposerModel):
     A batch holds ``input_ids`` (B, L), ``attention_mask`` (B, L; 1 at real tokens) and ``labels`` (B, L;
     ``IGNORE_INDEX`` where no loss). The loss is the mean cross-entropy over labelled tokens, computed from logits of
     the labelled positions only. Metrics: ``MaskedAccuracy`` and ``LanguageCrossEntropy`` over labelled
-    positions, and in eval ``MaskTokenAccuracy`` / ``MaskTokenUnigramAccuracy`` over ``<mask>`` positions
-    only (``perceiver_stream.model.metrics``).
+    positions (in training only the first: the second is the loss), and in eval ``MaskTokenAccuracy`` /
+    ``MaskTokenUnigramAccuracy`` over ``<mask>`` positions only (``perceiver_stream.model.metrics``).
 
     Args:
         config: the model configuration.
@@ -47,8 +47,9 @@ class ComposerPerceiverMLM(ComposerModel):
         if wrap_activation_checkpointing and config.activation_checkpointing:
             checkpoint_layers(self.model, offload=config.activation_offloading)
         # The <mask>-only metrics are evaluated, not tracked every training batch: they cost an argmax over the
-        # logits each, and held-out text is where learning is measured.
-        self.train_metrics = {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy()}
+        # logits each, and held-out text is where learning is measured. The training cross-entropy is the loss
+        # (loss/train/total): as a metric too it cost a second softmax over the vocabulary every step.
+        self.train_metrics = {"MaskedAccuracy": MaskedAccuracy()}
         self.eval_metrics = {"MaskedAccuracy": MaskedAccuracy(), "LanguageCrossEntropy": LanguageCrossEntropy(),
                              "MaskTokenAccuracy": MaskTokenAccuracy(),
                              "MaskTokenUnigramAccuracy": MaskTokenUnigramAccuracy(config.vocab_size)}

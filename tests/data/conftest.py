@@ -9,17 +9,18 @@ import pytest
 from convert.sources import Source
 from convert.writer import Options, convert
 from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
-from tests.conftest import shared_path
+from tests.conftest import build_once, decompress_shards, shared_path
 
 
 def convert_once(tmp_path_factory, tokenizer: str, files: list[str], max_seq_len: int, name: str) -> Path:
-    out = tmp_path_factory.getbasetemp() / name
-    if not out.exists():
+    def build(out: Path) -> None:
         paths = tuple(str(shared_path(f"corpora/wikipedia/{f}")) for f in files)
         convert({".": Source("files", files=paths)}, out,
                 Options(tokenizer=str(shared_path(f"tokenizers/{tokenizer}")), max_seq_len=max_seq_len,
                         val_fraction=0.02, workers=2))
-    return out
+        decompress_shards(out)
+
+    return build_once(tmp_path_factory, name, build)
 
 
 @pytest.fixture(scope="session")

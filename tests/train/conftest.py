@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 
 from convert.writer import Options, convert
-from tests.conftest import REPO, shared_corpora, shared_path
+from tests.conftest import REPO, build_once, decompress_shards, shared_corpora, shared_path
 
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "tiny-shards"
-    if not root.exists():
+    def build(root: Path) -> None:
         tokenizer = str(shared_path("tokenizers/xlnet-base-cased"))
         convert(shared_corpora(wiki_files=4, books=24), root,
                 Options(tokenizer=tokenizer, max_seq_len=128, val_fraction=0.05, workers=2))
-    return root
+        decompress_shards(root)
+
+    return build_once(tmp_path_factory, "tiny-shards", build)
 
 
 def tiny_overrides(shards: Path, tmp_path: Path, **extra) -> list[str]:

@@ -21,6 +21,8 @@ from tests.train.conftest import TINY, TRAIN
 from tests.train.test_resume import ONE_THREAD, batches, overrides
 from tests.train.test_train import composer
 
+pytestmark = pytest.mark.slow
+
 STEPS = 20
 # Float32 trajectories separate exponentially from a one-ulp start (FSDP2 divides gradients before summing
 # them): at mlm_tiny's Lamb lr 0.02 by 1e-4 relative in the loss at step 11 and 1e-3 at step 20, at lr 0.005
@@ -37,7 +39,8 @@ WEIGHT_RTOL = {"ddp": 1e-6, "fsdp2": 3e-3, "fsdp2_no_ac": 3e-3}  # ||all weights
 
 def train(command: list[str], shards: Path, run_dir: Path, **extra) -> dict[int, dict]:
     settings = {"max_duration": f"{STEPS}ba", "save_interval": f"{STEPS}ba", "autoresume": "false",
-                "data.num_workers": 0, "device_train_microbatch_size": 8, "optimizer.lr": LR, **extra}
+                "data.num_workers": 0, "global_train_batch_size": 16, "device_train_microbatch_size": 8,
+                "optimizer.lr": LR, **extra}
     result = run(command + [TRAIN, TINY, *overrides(shards, run_dir, **settings)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return batches(run_dir)
@@ -59,6 +62,7 @@ SETTINGS = {"ddp": {}, "fsdp2": {"parallelism.fsdp.version": 2, "model.activatio
             "fsdp2_no_ac": {"parallelism.fsdp.version": 2}}
 
 
+@pytest.mark.xdist_group("equivalence-single")  # one worker computes the module fixture
 @pytest.mark.parametrize("parallelism", list(SETTINGS))
 def test_two_processes_train_what_one_process_trains(tiny_shards, single, tmp_path, parallelism):
     extra = SETTINGS[parallelism]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from perceiver_stream.config import build, load
 from perceiver_stream.quickstart import evaluate
 from perceiver_stream.train.config import TrainConfig
@@ -12,6 +14,7 @@ from tests.conftest import run
 from tests.train.conftest import TINY, TRAIN, tiny_overrides
 
 
+@pytest.mark.slow
 def test_mlm_tiny_default_run_leaves_the_unigram_plateau(tiny_shards, tmp_path):
     overrides = tiny_overrides(tiny_shards, tmp_path, save_folder=tmp_path / "ckpt", eval_interval="300ba")
     result = run([sys.executable, TRAIN, TINY, *overrides])

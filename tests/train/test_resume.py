@@ -27,7 +27,11 @@ from tests.conftest import REPO, run
 from tests.train.conftest import TINY, TRAIN, tiny_overrides
 from tests.train.test_train import composer
 
-BATCHES = 60
+pytestmark = pytest.mark.slow
+# Tests that share a module fixture's run go to one pytest-xdist worker, which runs it once.
+REFERENCE, DDP_REFERENCE = pytest.mark.xdist_group("resume-reference"), pytest.mark.xdist_group("resume-ddp-ref")
+
+BATCHES = 30
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -36,7 +40,7 @@ def overrides(shards: Path, run_dir: Path, **extra) -> list[str]:
                 "autoresume": "true", "max_duration": f"{BATCHES}ba", "eval_interval": "1000ba",
                 "eval_subset_num_batches": 1, "callbacks.sample_log": run_dir / "samples.jsonl",
                 "loggers.tensorboard": "null", "data.num_workers": 1, "data.num_canonical_nodes": 2,
-                "global_train_batch_size": 16, "device_train_microbatch_size": 16}
+                "global_train_batch_size": 8, "device_train_microbatch_size": 8}
     settings.update(extra)
     return tiny_overrides(shards, run_dir, **settings)
 
@@ -67,8 +71,9 @@ def kill_after(command: list[str], run_dir: Path, batch: int) -> None:
 
 
 def kill_and_resume(command: list[str], run_dir: Path) -> None:
-    """Kill ``command`` at a random batch after 25, then rerun it to completion (autoresume)."""
-    kill_after(command, run_dir, batch=26 + random.Random().randint(0, 8))
+    """Kill ``command`` at a random batch from 12 to 25 (after the checkpoint at 10 or 20), then rerun it to
+    completion (autoresume)."""
+    kill_after(command, run_dir, batch=12 + random.Random().randint(0, 13))
     assert (run_dir / "ckpt" / "latest-rank0.pt").exists()
     result = run(command, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -82,7 +87,7 @@ def resume_from(shards: Path, checkpoint: Path, run_dir: Path, **extra) -> None:
 
 
 def weights_digest(run_dir: Path) -> str:
-    """sha256 over the model weights of the run's final (batch 60) checkpoint, in state-dict order."""
+    """sha256 over the model weights of the run's final checkpoint, in state-dict order."""
     final = next((run_dir / "ckpt").glob(f"ep*-ba{BATCHES}-rank0.pt"))
     state = torch.load(final, map_location="cpu", weights_only=False)
     digest = hashlib.sha256()
@@ -114,52 +119,55 @@ def reference(tiny_shards, tmp_path_factory) -> Path:
 
 
 def test_a_resume_across_epoch_boundaries_repeats_the_run(tiny_shards, tmp_path):
-    """data.epoch_size=400: epochs of 25 batches of 16. Resumed from batch 20 (epoch 0), the run crosses into
+    """data.epoch_size=96: epochs of 12 batches of 8. Resumed from batch 10 (epoch 0), the run crosses into
     epochs 1 and 2 with the same samples, masks and losses, and ends with the same weights."""
-    epochs = {"data.epoch_size": 400}
+    epochs = {"data.epoch_size": 96}
     reference = tmp_path / "reference"
     result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, reference, **epochs)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     log = batches(reference)
-    assert [log[b]["epoch"] for b in (25, 26, 50, 51)] == [0, 1, 1, 2]
+    assert [log[b]["epoch"] for b in (12, 13, 24, 25)] == [0, 1, 1, 2]
     resumed = tmp_path / "resumed"
-    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba20-rank0.pt", resumed, **epochs)
-    assert_same_run(resumed, reference, first_batch=21)
+    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba10-rank0.pt", resumed, **epochs)
+    assert_same_run(resumed, reference, first_batch=11)
 
 
+@REFERENCE
 def test_killed_run_resumes_with_the_same_batches(tiny_shards, reference, tmp_path):
     kill_and_resume([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)], tmp_path)
     assert_same_run(tmp_path, reference)
 
 
+@REFERENCE
 def test_resume_with_another_worker_count(tiny_shards, reference, tmp_path):
-    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba30-rank0.pt", tmp_path)  # reference: num_workers=1
-    assert_same_run(tmp_path, reference, first_batch=31)
+    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba20-rank0.pt", tmp_path)  # reference: num_workers=1
+    assert_same_run(tmp_path, reference, first_batch=21)
 
 
+@REFERENCE
 @pytest.mark.parametrize("crash", ["during_write", "between_unlink_and_symlink", "bytes_corrupted_later"])
 def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards, reference, tmp_path, crash):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    for batch in (10, 20, 30, 40):
+    for batch in (10, 20):
         for name in (f"ep0-ba{batch}-rank0.pt", f"ep0-ba{batch}-rank0.pt.xxh64"):  # training records the digests
             shutil.copy(reference / "ckpt" / name, folder)
     shutil.copy(reference / "samples.jsonl", tmp_path / "samples.jsonl")
-    newest = folder / "ep0-ba40-rank0.pt"
-    if crash == "during_write":  # half of ba40 on disk, latest still at ba30
+    newest = folder / "ep0-ba20-rank0.pt"
+    if crash == "during_write":  # half of ba20 on disk, latest still at ba10
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-        os.symlink("ep0-ba30-rank0.pt", folder / "latest-rank0.pt")
+        os.symlink("ep0-ba10-rank0.pt", folder / "latest-rank0.pt")
     if crash == "bytes_corrupted_later":  # 4 kB of noise inside the weights: still a valid zip, loads as garbage
         data = bytearray(newest.read_bytes())
         middle = len(data) // 2
         data[middle:middle + 4096] = random.Random(0).randbytes(4096)
         newest.write_bytes(bytes(data))
-        os.symlink("ep0-ba40-rank0.pt", folder / "latest-rank0.pt")
+        os.symlink("ep0-ba20-rank0.pt", folder / "latest-rank0.pt")
     result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed_from = 40 if crash == "between_unlink_and_symlink" else 30
-    assert ("ep0-ba40-rank0.pt.incomplete" in os.listdir(folder)) == (crash == "during_write")
-    assert ("ep0-ba40-rank0.pt.corrupt" in os.listdir(folder)) == (crash == "bytes_corrupted_later")
+    resumed_from = 20 if crash == "between_unlink_and_symlink" else 10
+    assert ("ep0-ba20-rank0.pt.incomplete" in os.listdir(folder)) == (crash == "during_write")
+    assert ("ep0-ba20-rank0.pt.corrupt" in os.listdir(folder)) == (crash == "bytes_corrupted_later")
     if crash == "bytes_corrupted_later":
         assert "does not match the digest recorded when it was written" in result.stderr
     lines = [json.loads(x)["batch"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -167,6 +175,7 @@ def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards
     assert_same_run(tmp_path, reference)
 
 
+@REFERENCE
 def test_changed_settings_are_refused_on_resume(tiny_shards, reference, tmp_path):
     shutil.copytree(reference / "ckpt", tmp_path / "ckpt", symlinks=True)
     result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{
@@ -174,7 +183,7 @@ def test_changed_settings_are_refused_on_resume(tiny_shards, reference, tmp_path
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("train.py: error: cannot resume exactly")
-    assert "global_train_batch_size=16 in the checkpoint but 32 now" in error
+    assert "global_train_batch_size=8 in the checkpoint but 32 now" in error
     assert "data.shuffle_seed=9176 in the checkpoint but 1 now" in error
 
 
@@ -187,22 +196,25 @@ def ddp_reference(tiny_shards, tmp_path_factory) -> Path:
     return run_dir
 
 
+@DDP_REFERENCE
 def test_killed_ddp_run_resumes_with_the_same_batches(tiny_shards, ddp_reference, tmp_path):
     command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{"data.num_workers": 0})]
     kill_and_resume(command, tmp_path)
     assert_same_run(tmp_path, ddp_reference)
 
 
+@DDP_REFERENCE
 def test_two_process_checkpoint_resumes_on_one_process(tiny_shards, ddp_reference, tmp_path):
-    resume_from(tiny_shards, ddp_reference / "ckpt" / "ep0-ba30-rank0.pt", tmp_path)
+    resume_from(tiny_shards, ddp_reference / "ckpt" / "ep0-ba20-rank0.pt", tmp_path)
     resumed, expected = batches(tmp_path), batches(ddp_reference)
-    assert sorted(resumed) == list(range(31, BATCHES + 1))
+    assert sorted(resumed) == list(range(21, BATCHES + 1))
     for batch in resumed:
         ours = dict(zip(resumed[batch]["samples"], resumed[batch]["digests"], strict=True))
         theirs = dict(zip(expected[batch]["samples"], expected[batch]["digests"], strict=True))
         assert ours == theirs, batch  # the same samples with the same masks in every global batch
 
 
+@REFERENCE
 def test_a_training_checkpoint_describes_its_run(reference, tmp_path):
     """What training writes is enough for perceiver-export: no yaml, no overrides (the exported logits are
     compared in tests/model/test_export.py)."""
@@ -211,7 +223,7 @@ def test_a_training_checkpoint_describes_its_run(reference, tmp_path):
     checkpoint = reference / "ckpt" / "latest-rank0.pt"
     state = read_checkpoint(checkpoint)
     cfg, tokenizer_fingerprint = run_config(state, checkpoint, None, [])
-    assert cfg.global_train_batch_size == 16 and cfg.model.num_latents == 64  # this run's overrides and yaml
+    assert cfg.global_train_batch_size == 8 and cfg.model.num_latents == 64  # this run's overrides and yaml
     assert len(tokenizer_fingerprint) == 64
     model = load_checkpoint_model(checkpoint, cfg.model, state)
     assert model.config == cfg.model
@@ -220,30 +232,39 @@ def test_a_training_checkpoint_describes_its_run(reference, tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_latents"] == 64
 
 
+FSDP2 = {"data.num_workers": 0, "parallelism.fsdp.version": 2}
+
+
+@pytest.fixture(scope="module")
+def fsdp2_reference(tiny_shards, tmp_path_factory) -> Path:
+    """An uninterrupted two-process FSDP2 run writing sharded checkpoints (the state dict type changes how a run
+    is saved, not what it trains)."""
+    run_dir = tmp_path_factory.mktemp("fsdp2-reference")
+    result = run(composer(2) + [TRAIN, TINY, *overrides(tiny_shards, run_dir, **FSDP2, **{
+        "parallelism.fsdp.state_dict_type": "sharded"})], env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.xdist_group("resume-fsdp2-reference")
 @pytest.mark.parametrize("state_dict_type", ["sharded", "full"])
-def test_killed_fsdp2_run_resumes_exactly(tiny_shards, tmp_path, state_dict_type):
+def test_killed_fsdp2_run_resumes_exactly(tiny_shards, fsdp2_reference, tmp_path, state_dict_type):
     """kill -9 of a two-process FSDP2 run that writes sharded (torch.distributed.checkpoint) or full (rank 0)
     checkpoints, resumed to the same samples, losses and final weights as the uninterrupted run; the final
     checkpoint reads back (perceiver-export's path) to the same weights."""
     from perceiver_stream.export import load_checkpoint_model, read_checkpoint, run_config
 
-    fsdp = {"data.num_workers": 0, "parallelism.fsdp.version": 2, "parallelism.fsdp.state_dict_type": state_dict_type}
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    for run_dir in (reference, resumed):
-        command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, run_dir, **fsdp)]
-        if run_dir == resumed:
-            kill_and_resume(command, run_dir)
-        else:
-            result = run(command, env=ONE_THREAD)
-            assert result.returncode == 0, result.stderr[-3000:]
-    ours, theirs = batches(resumed), batches(reference)
+    command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, tmp_path, **FSDP2, **{
+        "parallelism.fsdp.state_dict_type": state_dict_type})]
+    kill_and_resume(command, tmp_path)
+    ours, theirs = batches(tmp_path), batches(fsdp2_reference)
     assert sorted(ours) == list(range(1, BATCHES + 1))
     for batch in ours:
         assert ours[batch]["samples"] == theirs[batch]["samples"], batch
         assert ours[batch]["digests"] == theirs[batch]["digests"], batch
         assert ours[batch]["loss"] == theirs[batch]["loss"], batch
-    name = f"ep0-ba{BATCHES}" + ("" if state_dict_type == "sharded" else "-rank0.pt")
-    checkpoints = [run_dir / "ckpt" / name for run_dir in (reference, resumed)]
+    checkpoints = [fsdp2_reference / "ckpt" / f"ep0-ba{BATCHES}",
+                   tmp_path / "ckpt" / (f"ep0-ba{BATCHES}" + ("" if state_dict_type == "sharded" else "-rank0.pt"))]
     states = [read_checkpoint(checkpoint) for checkpoint in checkpoints]
     final = [state["model"] for state in states]
     assert final[0].keys() == final[1].keys() and len(final[0]) > 0
