@@ -265,7 +265,7 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     files = tuple(str(p) for p in sorted(corpus.rglob("*")) if p.is_file())
     convert({"wikipedia": Source("files", files=files)}, work / "shards",
-            Options(tokenizer=str(tokenizer), max_seq_len=seq_len, val_fraction=0.05, workers=2))
+            Options(tokenizer=str(tokenizer), max_seq_len=seq_len, val_fraction=0.05, workers=1 if smoke else 2))
     batches = 4 if smoke else TRAIN_BATCHES
     versions = (2,) if smoke else (1, 2)
     result = {}

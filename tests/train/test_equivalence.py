@@ -40,7 +40,7 @@ WEIGHT_RTOL = {"ddp": 1e-6, "fsdp2": 3e-3, "fsdp2_no_ac": 3e-3}  # ||all weights
 def train(command: list[str], shards: Path, run_dir: Path, **extra) -> dict[int, dict]:
     settings = {"max_duration": f"{STEPS}ba", "save_interval": f"{STEPS}ba", "autoresume": "false",
                 "data.num_workers": 0, "global_train_batch_size": 16, "device_train_microbatch_size": 8,
-                "optimizer.lr": LR, **extra}
+                "data.epoch_size": "null", "optimizer.lr": LR, **extra}
     result = run(command + [TRAIN, TINY, *overrides(shards, run_dir, **settings)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return batches(run_dir)

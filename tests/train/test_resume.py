@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 REFERENCE, DDP_REFERENCE = pytest.mark.xdist_group("resume-reference"), pytest.mark.xdist_group("resume-ddp-ref")
 
 BATCHES = 30
+EPOCH = 12  # batches per epoch (data.epoch_size=96 samples): every resumed run here crosses epoch boundaries
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -40,7 +41,7 @@ def overrides(shards: Path, run_dir: Path, **extra) -> list[str]:
                 "autoresume": "true", "max_duration": f"{BATCHES}ba", "eval_interval": "1000ba",
                 "eval_subset_num_batches": 1, "callbacks.sample_log": run_dir / "samples.jsonl",
                 "loggers.tensorboard": "null", "data.num_workers": 1, "data.num_canonical_nodes": 2,
-                "global_train_batch_size": 8, "device_train_microbatch_size": 8}
+                "global_train_batch_size": 8, "device_train_microbatch_size": 8, "data.epoch_size": 8 * EPOCH}
     settings.update(extra)
     return tiny_overrides(shards, run_dir, **settings)
 
@@ -86,9 +87,15 @@ def resume_from(shards: Path, checkpoint: Path, run_dir: Path, **extra) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def checkpoint(run_dir: Path, batch: int, suffix: str = "-rank0.pt") -> Path:
+    """The run's checkpoint after ``batch`` (Composer names it ``ep{epoch}-ba{batch}``)."""
+    (path,) = (run_dir / "ckpt").glob(f"ep*-ba{batch}{suffix}")
+    return path
+
+
 def weights_digest(run_dir: Path) -> str:
     """sha256 over the model weights of the run's final checkpoint, in state-dict order."""
-    final = next((run_dir / "ckpt").glob(f"ep*-ba{BATCHES}-rank0.pt"))
+    final = checkpoint(run_dir, BATCHES)
     state = torch.load(final, map_location="cpu", weights_only=False)
     digest = hashlib.sha256()
     for name, tensor in state["state"]["model"].items():
@@ -118,20 +125,6 @@ def reference(tiny_shards, tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_a_resume_across_epoch_boundaries_repeats_the_run(tiny_shards, tmp_path):
-    """data.epoch_size=96: epochs of 12 batches of 8. Resumed from batch 10 (epoch 0), the run crosses into
-    epochs 1 and 2 with the same samples, masks and losses, and ends with the same weights."""
-    epochs = {"data.epoch_size": 96}
-    reference = tmp_path / "reference"
-    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, reference, **epochs)], env=ONE_THREAD)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = batches(reference)
-    assert [log[b]["epoch"] for b in (12, 13, 24, 25)] == [0, 1, 1, 2]
-    resumed = tmp_path / "resumed"
-    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba10-rank0.pt", resumed, **epochs)
-    assert_same_run(resumed, reference, first_batch=11)
-
-
 @REFERENCE
 def test_killed_run_resumes_with_the_same_batches(tiny_shards, reference, tmp_path):
     kill_and_resume([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)], tmp_path)
@@ -139,9 +132,12 @@ def test_killed_run_resumes_with_the_same_batches(tiny_shards, reference, tmp_pa
 
 
 @REFERENCE
-def test_resume_with_another_worker_count(tiny_shards, reference, tmp_path):
-    resume_from(tiny_shards, reference / "ckpt" / "ep0-ba20-rank0.pt", tmp_path)  # reference: num_workers=1
-    assert_same_run(tmp_path, reference, first_batch=21)
+def test_a_resume_with_another_worker_count_across_epoch_boundaries(tiny_shards, reference, tmp_path):
+    """From batch 10 of epoch 0 with no loader workers (the reference had one), through epochs 1 and 2: the same
+    samples, masks and losses, and the same final weights."""
+    assert [batches(reference)[b]["epoch"] for b in (EPOCH, EPOCH + 1, 2 * EPOCH, 2 * EPOCH + 1)] == [0, 1, 1, 2]
+    resume_from(tiny_shards, checkpoint(reference, 10), tmp_path)
+    assert_same_run(tmp_path, reference, first_batch=11)
 
 
 @REFERENCE
@@ -150,24 +146,24 @@ def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards
     folder = tmp_path / "ckpt"
     folder.mkdir()
     for batch in (10, 20):
-        for name in (f"ep0-ba{batch}-rank0.pt", f"ep0-ba{batch}-rank0.pt.xxh64"):  # training records the digests
-            shutil.copy(reference / "ckpt" / name, folder)
+        for suffix in ("-rank0.pt", "-rank0.pt.xxh64"):  # training records the digests
+            shutil.copy(checkpoint(reference, batch, suffix), folder)
     shutil.copy(reference / "samples.jsonl", tmp_path / "samples.jsonl")
-    newest = folder / "ep0-ba20-rank0.pt"
+    older, newest = checkpoint(tmp_path, 10), checkpoint(tmp_path, 20)  # the copies
     if crash == "during_write":  # half of ba20 on disk, latest still at ba10
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-        os.symlink("ep0-ba10-rank0.pt", folder / "latest-rank0.pt")
+        os.symlink(older.name, folder / "latest-rank0.pt")
     if crash == "bytes_corrupted_later":  # 4 kB of noise inside the weights: still a valid zip, loads as garbage
         data = bytearray(newest.read_bytes())
         middle = len(data) // 2
         data[middle:middle + 4096] = random.Random(0).randbytes(4096)
         newest.write_bytes(bytes(data))
-        os.symlink("ep0-ba20-rank0.pt", folder / "latest-rank0.pt")
+        os.symlink(newest.name, folder / "latest-rank0.pt")
     result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_from = 20 if crash == "between_unlink_and_symlink" else 10
-    assert ("ep0-ba20-rank0.pt.incomplete" in os.listdir(folder)) == (crash == "during_write")
-    assert ("ep0-ba20-rank0.pt.corrupt" in os.listdir(folder)) == (crash == "bytes_corrupted_later")
+    assert (f"{newest.name}.incomplete" in os.listdir(folder)) == (crash == "during_write")
+    assert (f"{newest.name}.corrupt" in os.listdir(folder)) == (crash == "bytes_corrupted_later")
     if crash == "bytes_corrupted_later":
         assert "does not match the digest recorded when it was written" in result.stderr
     lines = [json.loads(x)["batch"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -197,15 +193,17 @@ def ddp_reference(tiny_shards, tmp_path_factory) -> Path:
 
 
 @DDP_REFERENCE
-def test_killed_ddp_run_resumes_with_the_same_batches(tiny_shards, ddp_reference, tmp_path):
-    command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{"data.num_workers": 0})]
-    kill_and_resume(command, tmp_path)
-    assert_same_run(tmp_path, ddp_reference)
+def test_two_process_checkpoint_resumes_on_two_processes(tiny_shards, ddp_reference, tmp_path):
+    """From batch 10, on two processes again (kill -9 of a two-process run: the FSDP2 tests below)."""
+    result = run(composer(2) + [TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{
+        "autoresume": "false", "load_path": checkpoint(ddp_reference, 10), "data.num_workers": 0})], env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(tmp_path, ddp_reference, first_batch=11)
 
 
 @DDP_REFERENCE
 def test_two_process_checkpoint_resumes_on_one_process(tiny_shards, ddp_reference, tmp_path):
-    resume_from(tiny_shards, ddp_reference / "ckpt" / "ep0-ba20-rank0.pt", tmp_path)
+    resume_from(tiny_shards, checkpoint(ddp_reference, 20), tmp_path)
     resumed, expected = batches(tmp_path), batches(ddp_reference)
     assert sorted(resumed) == list(range(21, BATCHES + 1))
     for batch in resumed:
@@ -263,8 +261,8 @@ def test_killed_fsdp2_run_resumes_exactly(tiny_shards, fsdp2_reference, tmp_path
         assert ours[batch]["samples"] == theirs[batch]["samples"], batch
         assert ours[batch]["digests"] == theirs[batch]["digests"], batch
         assert ours[batch]["loss"] == theirs[batch]["loss"], batch
-    checkpoints = [fsdp2_reference / "ckpt" / f"ep0-ba{BATCHES}",
-                   tmp_path / "ckpt" / (f"ep0-ba{BATCHES}" + ("" if state_dict_type == "sharded" else "-rank0.pt"))]
+    checkpoints = [checkpoint(fsdp2_reference, BATCHES, suffix=""),
+                   checkpoint(tmp_path, BATCHES, suffix="" if state_dict_type == "sharded" else "-rank0.pt")]
     states = [read_checkpoint(checkpoint) for checkpoint in checkpoints]
     final = [state["model"] for state in states]
     assert final[0].keys() == final[1].keys() and len(final[0]) > 0

@@ -74,10 +74,16 @@ def test_a_malformed_yaml_is_named(tmp_path, capsys):
                                                "(did not find expected ',' or '}')")
 
 
-def test_non_dividing_global_batch_on_two_processes(tiny_shards, tmp_path):
-    result = run(composer(2) + [TRAIN, TINY, *tiny_overrides(tiny_shards, tmp_path), "global_train_batch_size=33"])
-    assert result.returncode != 0
-    assert "global_train_batch_size=33 is not divisible by the 2 devices of this run" in result.stderr
+def test_non_dividing_global_batch_on_two_processes(tiny_shards, tmp_path, capsys, monkeypatch):
+    """Refused before the process group starts, from the launcher's WORLD_SIZE (set here as `composer -n 2` would)."""
+    from train import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        main([TINY, *tiny_overrides(tiny_shards, tmp_path), "global_train_batch_size=33"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("train.py: error: global_train_batch_size=33 is not divisible by the 2 "
+                                               "devices of this run")
 
 
 def test_shards_of_another_tokenizer_are_refused(tiny_shards, tmp_path):
