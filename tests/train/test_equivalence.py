@@ -18,6 +18,7 @@ import torch
 from tests.conftest import REPO, run
 from tests.optim.test_lamb import free_port
 from tests.train.conftest import TINY, TRAIN
+from tests.train.forked import train
 from tests.train.test_resume import ONE_THREAD, batches, overrides
 from tests.train.test_train import composer
 
@@ -37,11 +38,16 @@ LOSS_RTOL = 1e-4  # per-batch losses, relative
 WEIGHT_RTOL = {"ddp": 1e-6, "fsdp2": 3e-3, "fsdp2_no_ac": 3e-3}  # ||all weights' difference|| / ||all weights||
 
 
-def train(command: list[str], shards: Path, run_dir: Path, **extra) -> dict[int, dict]:
+def train_run(processes: int, shards: Path, run_dir: Path, launcher: bool = False, **extra) -> dict[int, dict]:
+    """``processes`` ranks forked (tests/train/forked.py), or started by Composer's launcher."""
     settings = {"max_duration": f"{STEPS}ba", "save_interval": f"{STEPS}ba", "autoresume": "false",
                 "data.num_workers": 0, "global_train_batch_size": 16, "device_train_microbatch_size": 8,
                 "data.epoch_size": "null", "optimizer.lr": LR, **extra}
-    result = run(command + [TRAIN, TINY, *overrides(shards, run_dir, **settings)], env=ONE_THREAD)
+    argv = [TINY, *overrides(shards, run_dir, **settings)]
+    if launcher:
+        result = run(composer(processes) + [TRAIN, *argv], env=ONE_THREAD)
+    else:
+        result = train(argv, processes, ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return batches(run_dir)
 
@@ -54,10 +60,11 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def single(tiny_shards, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("single")
-    train([sys.executable], tiny_shards, run_dir)
+    train_run(1, tiny_shards, run_dir)
     return run_dir
 
 
+# DDP through Composer's launcher (`composer -n 2`), as users start it; the others forked (tests/train/forked.py).
 SETTINGS = {"ddp": {}, "fsdp2": {"parallelism.fsdp.version": 2, "model.activation_checkpointing": "true"},
             "fsdp2_no_ac": {"parallelism.fsdp.version": 2}}
 
@@ -66,7 +73,7 @@ SETTINGS = {"ddp": {}, "fsdp2": {"parallelism.fsdp.version": 2, "model.activatio
 @pytest.mark.parametrize("parallelism", list(SETTINGS))
 def test_two_processes_train_what_one_process_trains(tiny_shards, single, tmp_path, parallelism):
     extra = SETTINGS[parallelism]
-    theirs = train(composer(2), tiny_shards, tmp_path, **extra)
+    theirs = train_run(2, tiny_shards, tmp_path, launcher=parallelism == "ddp", **extra)
     ours = batches(single)
     assert sorted(ours) == sorted(theirs) == list(range(1, STEPS + 1))
     for batch in ours:

@@ -3,21 +3,19 @@ the input) it predicts well above always guessing the most frequent target of th
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from perceiver_stream.config import build, load
 from perceiver_stream.quickstart import evaluate
 from perceiver_stream.train.config import TrainConfig
-from tests.conftest import run
-from tests.train.conftest import TINY, TRAIN, tiny_overrides
+from tests.train.conftest import TINY, tiny_overrides
+from tests.train.forked import train
 
 
 @pytest.mark.slow
 def test_mlm_tiny_default_run_leaves_the_unigram_plateau(tiny_shards, tmp_path):
     overrides = tiny_overrides(tiny_shards, tmp_path, save_folder=tmp_path / "ckpt", eval_interval="300ba")
-    result = run([sys.executable, TRAIN, TINY, *overrides])
+    result = train([TINY, *overrides])
     assert result.returncode == 0, result.stderr[-3000:]
     scores = evaluate(build(TrainConfig, load(TINY, overrides)), tmp_path / "ckpt" / "latest-rank0.pt")
     print(scores)

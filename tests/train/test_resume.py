@@ -1,7 +1,8 @@
 """Deterministic resumption: a killed run continues with exactly the same samples and masks, bitwise the same
 losses and bitwise the same final weights (CPU, fp32, mlm_tiny).
 
-Every run here uses one intra-op thread. With two threads on a busy 2-core machine, some steps come out one
+Runs are forked from a process that has imported the trainer (tests/train/forked.py). Every run here uses one
+intra-op thread. With two threads on a busy 2-core machine, some steps come out one
 float32 ulp apart between otherwise identical runs (the reduction order of CPU kernels then varies), and
 Lamb's normalised updates amplify such an ulp where gradients are near zero; README's resumption section
 says so.
@@ -15,7 +16,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run
+from tests.conftest import run
 from tests.train.conftest import TINY, TRAIN, tiny_overrides
+from tests.train.forked import Run, train
 from tests.train.test_train import composer
 
 pytestmark = pytest.mark.slow
@@ -55,35 +56,34 @@ def batches(run_dir: Path) -> dict[int, dict]:
     return log
 
 
-def kill_after(command: list[str], run_dir: Path, batch: int) -> None:
-    """Start ``command`` (one intra-op thread) and SIGKILL its whole process group once the sample log
+def kill_after(argv: list[str], processes: int, run_dir: Path, batch: int) -> None:
+    """Start train.py ``argv`` on ``processes`` ranks and SIGKILL its whole process group once the sample log
     reaches ``batch``."""
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, **ONE_THREAD}, start_new_session=True)
+    started = Run([str(a) for a in argv], processes, ONE_THREAD)
     log = run_dir / "samples.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if log.exists() and max((json.loads(x)["batch"] for x in log.read_text().splitlines()), default=0) >= batch:
             break
-        assert process.poll() is None, "the run ended before it could be killed"
+        assert started.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    os.killpg(started.pid, signal.SIGKILL)
+    started.result()
 
 
-def kill_and_resume(command: list[str], run_dir: Path) -> None:
-    """Kill ``command`` at a random batch from 12 to 25 (after the checkpoint at 10 or 20), then rerun it to
+def kill_and_resume(argv: list[str], run_dir: Path, processes: int = 1) -> None:
+    """Kill the run at a random batch from 12 to 25 (after the checkpoint at 10 or 20), then rerun it to
     completion (autoresume)."""
-    kill_after(command, run_dir, batch=12 + random.Random().randint(0, 13))
+    kill_after(argv, processes, run_dir, batch=12 + random.Random().randint(0, 13))
     assert (run_dir / "ckpt" / "latest-rank0.pt").exists()
-    result = run(command, env=ONE_THREAD)
+    result = train(argv, processes, ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def resume_from(shards: Path, checkpoint: Path, run_dir: Path, **extra) -> None:
-    """One process, no loader workers, from ``checkpoint`` to the end."""
-    result = run([sys.executable, TRAIN, TINY, *overrides(shards, run_dir, **{
-        "autoresume": "false", "load_path": checkpoint, "data.num_workers": 0, **extra})], env=ONE_THREAD)
+def resume_from(shards: Path, checkpoint: Path, run_dir: Path, processes: int = 1, **extra) -> None:
+    """No loader workers, from ``checkpoint`` to the end."""
+    result = train([TINY, *overrides(shards, run_dir, **{
+        "autoresume": "false", "load_path": checkpoint, "data.num_workers": 0, **extra})], processes, ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -120,14 +120,14 @@ def assert_same_run(run_dir: Path, reference: Path, first_batch: int = 1):
 def reference(tiny_shards, tmp_path_factory) -> Path:
     """An uninterrupted single-process run with a checkpoint every 10 batches."""
     run_dir = tmp_path_factory.mktemp("reference")
-    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, run_dir)], env=ONE_THREAD)
+    result = train([TINY, *overrides(tiny_shards, run_dir)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
 
 @REFERENCE
 def test_killed_run_resumes_with_the_same_batches(tiny_shards, reference, tmp_path):
-    kill_and_resume([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)], tmp_path)
+    kill_and_resume([TINY, *overrides(tiny_shards, tmp_path)], tmp_path)
     assert_same_run(tmp_path, reference)
 
 
@@ -159,7 +159,7 @@ def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards
         data[middle:middle + 4096] = random.Random(0).randbytes(4096)
         newest.write_bytes(bytes(data))
         os.symlink(newest.name, folder / "latest-rank0.pt")
-    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path)], env=ONE_THREAD)
+    result = train([TINY, *overrides(tiny_shards, tmp_path)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_from = 20 if crash == "between_unlink_and_symlink" else 10
     assert (f"{newest.name}.incomplete" in os.listdir(folder)) == (crash == "during_write")
@@ -174,7 +174,7 @@ def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards
 @REFERENCE
 def test_changed_settings_are_refused_on_resume(tiny_shards, reference, tmp_path):
     shutil.copytree(reference / "ckpt", tmp_path / "ckpt", symlinks=True)
-    result = run([sys.executable, TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{
+    result = train([TINY, *overrides(tiny_shards, tmp_path, **{
         "global_train_batch_size": 32, "device_train_microbatch_size": 32, "data.shuffle_seed": 1})])
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
@@ -185,6 +185,8 @@ def test_changed_settings_are_refused_on_resume(tiny_shards, reference, tmp_path
 
 @pytest.fixture(scope="module")
 def ddp_reference(tiny_shards, tmp_path_factory) -> Path:
+    """Launched by Composer's launcher (`composer -n 2`), as users run it; the runs compared with it are forked
+    (tests/train/forked.py), so these tests also show the two launch the same training."""
     run_dir = tmp_path_factory.mktemp("ddp-reference")
     result = run(composer(2) + [TRAIN, TINY, *overrides(tiny_shards, run_dir, **{"data.num_workers": 0})],
                  env=ONE_THREAD)
@@ -195,9 +197,7 @@ def ddp_reference(tiny_shards, tmp_path_factory) -> Path:
 @DDP_REFERENCE
 def test_two_process_checkpoint_resumes_on_two_processes(tiny_shards, ddp_reference, tmp_path):
     """From batch 10, on two processes again (kill -9 of a two-process run: the FSDP2 tests below)."""
-    result = run(composer(2) + [TRAIN, TINY, *overrides(tiny_shards, tmp_path, **{
-        "autoresume": "false", "load_path": checkpoint(ddp_reference, 10), "data.num_workers": 0})], env=ONE_THREAD)
-    assert result.returncode == 0, result.stderr[-3000:]
+    resume_from(tiny_shards, checkpoint(ddp_reference, 10), tmp_path, processes=2)
     assert_same_run(tmp_path, ddp_reference, first_batch=11)
 
 
@@ -238,8 +238,8 @@ def fsdp2_reference(tiny_shards, tmp_path_factory) -> Path:
     """An uninterrupted two-process FSDP2 run writing sharded checkpoints (the state dict type changes how a run
     is saved, not what it trains)."""
     run_dir = tmp_path_factory.mktemp("fsdp2-reference")
-    result = run(composer(2) + [TRAIN, TINY, *overrides(tiny_shards, run_dir, **FSDP2, **{
-        "parallelism.fsdp.state_dict_type": "sharded"})], env=ONE_THREAD)
+    result = train([TINY, *overrides(tiny_shards, run_dir, **FSDP2, **{
+        "parallelism.fsdp.state_dict_type": "sharded"})], processes=2, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -252,9 +252,8 @@ def test_killed_fsdp2_run_resumes_exactly(tiny_shards, fsdp2_reference, tmp_path
     checkpoint reads back (perceiver-export's path) to the same weights."""
     from perceiver_stream.export import load_checkpoint_model, read_checkpoint, run_config
 
-    command = composer(2) + [TRAIN, TINY, *overrides(tiny_shards, tmp_path, **FSDP2, **{
-        "parallelism.fsdp.state_dict_type": state_dict_type})]
-    kill_and_resume(command, tmp_path)
+    kill_and_resume([TINY, *overrides(tiny_shards, tmp_path, **FSDP2, **{
+        "parallelism.fsdp.state_dict_type": state_dict_type})], tmp_path, processes=2)
     ours, theirs = batches(tmp_path), batches(fsdp2_reference)
     assert sorted(ours) == list(range(1, BATCHES + 1))
     for batch in ours:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import REPO, run, shared_path
 from tests.train.conftest import TINY, TRAIN, tiny_overrides
+from tests.train.forked import train
 
 
 def composer(n: int) -> list[str]:
@@ -88,7 +89,7 @@ def test_non_dividing_global_batch_on_two_processes(tiny_shards, tmp_path, capsy
 
 def test_shards_of_another_tokenizer_are_refused(tiny_shards, tmp_path):
     bert = shared_path("tokenizers/bert-base-uncased")
-    result = run([sys.executable, TRAIN, TINY, *tiny_overrides(tiny_shards, tmp_path), f"data.tokenizer={bert}",
+    result = train([TINY, *tiny_overrides(tiny_shards, tmp_path), f"data.tokenizer={bert}",
                   "model.vocab_size=30522"])
     assert result.returncode == 2
     assert "stream 'wikipedia' (train): shards have tokenizer fingerprint" in result.stderr
@@ -160,7 +161,7 @@ def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tiny_shards, tmp_pat
         "optimizer.name": "adamw", "optimizer.lr": 1e12, "scheduler.t_warmup": "0ba",  # diverges within batches
         "max_duration": "12ba", "save_interval": "1ba", "save_folder": ckpt, "eval_interval": "100ba",
         "data.num_workers": 0, "global_train_batch_size": 8, "device_train_microbatch_size": 8})
-    result = run([sys.executable, TRAIN, TINY, *overrides])
+    result = train([TINY, *overrides])
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     match = re.fullmatch(r"train\.py: error: the loss is (nan|inf) at batch (\d+) \(on this rank\): stopped before .*",
