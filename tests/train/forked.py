@@ -11,6 +11,7 @@ itself keeps its own tests (`composer(2)` in test_train.py and test_equivalence.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -40,7 +41,7 @@ def _server() -> mp.context.ForkServerContext:
 def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader: int | None) -> None:
     """One rank: joins the run's process group, takes ``env`` and ``outputs`` (stdout, stderr), runs train.py's
     main and exits with its status."""
-    while True:  # rank 0 makes the group; a later rank may get here first
+    for _ in range(500):  # rank 0 makes the group; a later rank may get here first (or after it ended)
         try:
             os.setpgid(0, leader or 0)
             break
@@ -111,14 +112,23 @@ class Run:
         if None not in codes:
             return next((code for code in codes if code), 0)
         if any(code for code in codes if code is not None):
-            os.killpg(self.pid, signal.SIGKILL)
+            self.kill()
         return None
+
+    def kill(self) -> None:
+        """SIGKILL the run's process group (its ranks and their loader workers), and any rank outside it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for rank in self.ranks:
+            if rank.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rank.pid, signal.SIGKILL)
 
     def wait(self, timeout: float = 600) -> int:
         deadline = time.monotonic() + timeout
         while (code := self.poll()) is None:
             if time.monotonic() > deadline:
-                os.killpg(self.pid, signal.SIGKILL)
+                self.kill()
                 raise TimeoutError(f"train.py {' '.join(map(str, self.argv))} ran past {timeout} s")
             time.sleep(0.05)
         for rank in self.ranks:

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ def kill_after(argv: list[str], processes: int, run_dir: Path, batch: int) -> No
             break
         assert started.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
-    os.killpg(started.pid, signal.SIGKILL)
+    started.kill()
     started.result()
 
 
