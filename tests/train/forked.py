@@ -6,7 +6,7 @@ batch, longer than most test runs train; the suite starts some fifty of them. mu
 imports ``train`` once per pytest process (before any thread exists, unlike the pytest process itself) and forks
 each rank from there: a fresh process in every other respect, with its own environment, process group (so a
 test can kill -9 a whole run) and output files. Ranks get the variables Composer's launcher sets; the launcher
-itself keeps its own tests (`composer(2)` in test_train.py and test_equivalence.py).
+itself keeps its own tests (`composer(2)` in test_train.py, test_equivalence.py and test_resume.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import traceback
 from multiprocessing import resource_tracker
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-PRELOAD = ["train", "perceiver_stream.train.trainer", "perceiver_stream.export"]
+from tests.conftest import REPO
+
+PRELOAD = ["train", "perceiver_stream.train.trainer", "perceiver_stream.export", __name__]
 _context: mp.context.ForkServerContext | None = None
 
 
