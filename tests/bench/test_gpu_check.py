@@ -36,7 +36,6 @@ def test_missing_package_or_corpus_skips_the_part_with_the_reason(tmp_path):
     assert gpu_check.peak_tflops("NVIDIA H200") == 989.0 and gpu_check.peak_tflops("Tesla T4") is None
 
 
-@pytest.mark.slow  # first, while another worker converts the training tests' shards
 def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

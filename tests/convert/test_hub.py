@@ -38,7 +38,6 @@ def hub(tmp_path_factory, wiki_files):
     return {"wiki": wiki, "books": books, "articles": len(articles), "lines": len(lines)}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 def test_wikibook_from_parquet_datasets_with_two_workers(hub, tmp_path, streaming):
     argv = ["wikibook", "--wikipedia", f"{hub['wiki']}:{CONFIG}", "--bookcorpus", str(hub["books"]),
