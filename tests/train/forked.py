@@ -48,6 +48,9 @@ def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader
             break
         except PermissionError:
             time.sleep(0.01)
+    # The start method a fresh `python train.py` has on Linux: a child of the fork server would start its loader
+    # workers through a fork server of its own, which outlives the run (and holds its memory) when it ends.
+    mp.set_start_method("fork", force=True)
     for stream, path in enumerate(outputs, start=1):
         os.dup2(os.open(path, os.O_WRONLY | os.O_APPEND), stream)
     sys.stdout = open(1, "w", closefd=False)
