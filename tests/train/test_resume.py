@@ -103,15 +103,19 @@ def weights_digest(run_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def assert_same_run(run_dir: Path, reference: Path, first_batch: int = 1):
-    """The same samples, masks and losses (bitwise) in every batch from ``first_batch``, and the same final
-    weights."""
+def assert_same_batches(run_dir: Path, reference: Path, first_batch: int = 1):
+    """The same samples, masks and losses (bitwise) in every batch from ``first_batch``."""
     ours, theirs = batches(run_dir), batches(reference)
     assert sorted(ours) == list(range(first_batch, BATCHES + 1))
     for batch in ours:
         assert ours[batch]["samples"] == theirs[batch]["samples"], batch
         assert ours[batch]["digests"] == theirs[batch]["digests"], batch
         assert ours[batch]["loss"] == theirs[batch]["loss"], batch
+
+
+def assert_same_run(run_dir: Path, reference: Path, first_batch: int = 1):
+    """The same batches (``assert_same_batches``) and the same final weights."""
+    assert_same_batches(run_dir, reference, first_batch)
     assert weights_digest(run_dir) == weights_digest(reference)
 
 
@@ -253,12 +257,7 @@ def test_killed_fsdp2_run_resumes_exactly(tiny_shards, fsdp2_reference, tmp_path
 
     kill_and_resume([TINY, *overrides(tiny_shards, tmp_path, **FSDP2, **{
         "parallelism.fsdp.state_dict_type": state_dict_type})], tmp_path, processes=2)
-    ours, theirs = batches(tmp_path), batches(fsdp2_reference)
-    assert sorted(ours) == list(range(1, BATCHES + 1))
-    for batch in ours:
-        assert ours[batch]["samples"] == theirs[batch]["samples"], batch
-        assert ours[batch]["digests"] == theirs[batch]["digests"], batch
-        assert ours[batch]["loss"] == theirs[batch]["loss"], batch
+    assert_same_batches(tmp_path, fsdp2_reference)
     checkpoints = [checkpoint(fsdp2_reference, BATCHES, suffix=""),
                    checkpoint(tmp_path, BATCHES, suffix="" if state_dict_type == "sharded" else "-rank0.pt")]
     states = [read_checkpoint(checkpoint) for checkpoint in checkpoints]
