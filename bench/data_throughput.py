@@ -31,7 +31,6 @@ from convert.sources import Source, Stats, expand_inputs
 from convert.writer import Options, convert
 from perceiver_stream.config import build
 from perceiver_stream.data import DataConfig, build_dataloader, prepare
-from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SEQ, BATCH = 512, 64
@@ -67,7 +66,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         convert({"wiki": Source("files", files=files)}, Path(tmp) / "shards",
                 Options(tokenizer=xlnet_path, max_seq_len=SEQ, val_fraction=0.01, workers=2))
-        clean_leaked_shared_memory()
         cfg = build(DataConfig, {"streams": {"wiki": {"local": str(Path(tmp) / "shards" / "wiki")}},
                                  "tokenizer": xlnet_path, "max_seq_len": SEQ, "num_workers": 1}, "data.")
         info = prepare(cfg, ("train",))

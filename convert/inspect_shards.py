@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from convert.sources import InputError
 from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, PADDING, SPECIAL, TYPES_COLUMN, WORD_START
-from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
+from perceiver_stream.data.shared_memory import shared_memory_registration
 
 
 def find_splits(root: Path) -> list[Path]:
@@ -66,9 +66,9 @@ def inspect(root: Path, sample: int = 0, tokenizer_path: str | None = None) -> N
 
 def read_sample(split: Path, index: int):
     """(input_ids, token_type) of one sample, read without writing into the dataset's directory."""
-    clean_leaked_shared_memory()
     with tempfile.TemporaryDirectory() as cache:
-        dataset = StreamingDataset(remote=str(split), local=cache, shuffle=False, batch_size=1)
+        with shared_memory_registration():
+            dataset = StreamingDataset(remote=str(split), local=cache, shuffle=False, batch_size=1)
         if not 0 <= index < len(dataset):
             raise InputError(f"--sample {index}: {split} has {len(dataset)} samples")
         record = dataset[index]

@@ -61,10 +61,8 @@ def evaluate(cfg, checkpoint: Path) -> dict[str, float]:
     over all labelled positions (which rewards copying the 10% of selected words left unchanged)."""
     from perceiver_stream.data import build_dataloader, prepare
     from perceiver_stream.data.format import is_word_token
-    from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
     from perceiver_stream.export import load_checkpoint_model
 
-    clean_leaked_shared_memory()
     info = prepare(cfg.data)
     counts: Counter = Counter()
     train = build_dataloader(cfg.data, info, "train", cfg.device_eval_batch_size, cfg.seed).dataset

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from perceiver_stream.data.config import DataConfig, StreamConfig
 from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, TYPES_COLUMN
 from perceiver_stream.data.masking import MLMCollator
+from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
 from perceiver_stream.digest import file_xxh64
 
@@ -178,7 +179,10 @@ def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> Data
 
 
 def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: int, seed: int) -> StreamingDataLoader:
-    """A loader over ``split`` of every stream; ``batch_size`` is per device and also the dataset's."""
+    """A loader over ``split`` of every stream; ``batch_size`` is per device and also the dataset's.
+
+    With more than one rank, torch.distributed must be initialized first (see ``shared_memory_registration``).
+    """
     train = split == "train"
     streams = []
     for name, stream in cfg.streams.items():
@@ -186,13 +190,14 @@ def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: in
             continue
         local, remote = _split_paths(stream, split)
         streams.append(Stream(local=local, remote=remote, proportion=stream.proportion if train else None))
-    dataset = MLMStreamingDataset(
-        streams=streams, batch_size=batch_size, shuffle=cfg.shuffle and train, shuffle_algo=cfg.shuffle_algo,
-        shuffle_seed=cfg.shuffle_seed, shuffle_block_size=cfg.shuffle_block_size,
-        num_canonical_nodes=cfg.num_canonical_nodes, predownload=cfg.predownload,
-        epoch_size=cfg.epoch_size if train else None, cache_limit=cfg.cache_limit,
-        download_timeout=cfg.download_timeout, validate_hash=cfg.validate_hash,
-    )
+    with shared_memory_registration():
+        dataset = MLMStreamingDataset(
+            streams=streams, batch_size=batch_size, shuffle=cfg.shuffle and train, shuffle_algo=cfg.shuffle_algo,
+            shuffle_seed=cfg.shuffle_seed, shuffle_block_size=cfg.shuffle_block_size,
+            num_canonical_nodes=cfg.num_canonical_nodes, predownload=cfg.predownload,
+            epoch_size=cfg.epoch_size if train else None, cache_limit=cfg.cache_limit,
+            download_timeout=cfg.download_timeout, validate_hash=cfg.validate_hash,
+        )
     tokenizer = info.tokenizer
     collator = MLMCollator(
         cfg.masking_config(), tokenizer.mask_token_id, tokenizer.all_special_ids, len(tokenizer),

@@ -1,27 +1,44 @@
-"""Removing the shared memory that killed runs leave behind, and only that.
+"""Streaming's shared memory on a node shared by several jobs: registering it safely, removing what runs leave.
 
-A streaming dataset keeps its state in shared memory segments named ``{prefix:06d}_{name}``; a run killed with
-SIGKILL leaves them behind. streaming's ``clean_stale_shared_memory`` unlinks every prefix's segments from 0 up to
-the first unused prefix: the segments of a run still training on the same node too (its loader workers then fail
-to attach), and nothing past a gap, so leaks pile up. Here a prefix is stale when no process maps any of its
-segments (``/proc/*/maps``): live runs keep theirs mapped for as long as their dataset exists.
+A streaming dataset keeps its state in shared memory segments named ``{prefix:06d}_{name}`` and file locks named
+``{prefix:06d}_{barrier,cache}_filelock`` in the temporary directory. Three problems, one module:
+
+- Registration races. Every rank walks the prefixes to the first unused one, then the local leader creates it:
+  two jobs that start together on one node pick the same prefix and one dies with ``FileExistsError:
+  '/000012_locals'``. :func:`shared_memory_registration` makes each job's local leader hold a node-wide lock for
+  its whole registration.
+- streaming's ``clean_stale_shared_memory`` unlinks every prefix's segments from 0 up to the first unused prefix:
+  the segments of a run still training on the same node too (its loader workers then fail to attach), and nothing
+  past a gap, so leaks pile up. Here a prefix is stale when no process maps any of its segments
+  (``/proc/*/maps``): live runs keep theirs mapped for as long as their dataset exists.
+- streaming never removes its file locks, and the walk skips every prefix that has one, so each run on a node
+  starts further up (prefix 1,300 after a few hundred runs here) and the temporary directory fills with them.
+  The file locks of stale prefixes go with their segments.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from tempfile import gettempdir
 
-from streaming.base.constant import SHM_TO_CLEAN
+import torch.distributed as dist
+from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
 from streaming.base.util import clean_stale_shared_memory
+from streaming.base.world import World
 
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 _SEGMENT = re.compile(rf"(\d{{6}})_({'|'.join(map(re.escape, SHM_TO_CLEAN))})")
+_FILELOCK = re.compile(rf"(\d{{6}})_({BARRIER_FILELOCK}|{CACHE_FILELOCK})")
+REGISTRATION_LOCK = "perceiver-stream-shm.lock"
 
 
 def mapped_segments(proc: Path = Path("/proc")) -> set[str]:
@@ -39,23 +56,32 @@ def mapped_segments(proc: Path = Path("/proc")) -> set[str]:
     return names
 
 
+def _ours(folder: Path, pattern: re.Pattern) -> dict[str, list[Path]]:
+    """This user's files in ``folder`` whose names match ``pattern``, by prefix."""
+    prefixes: dict[str, list[Path]] = defaultdict(list)
+    uid = os.getuid()
+    for path in folder.iterdir():
+        if (match := pattern.fullmatch(path.name)) is not None:
+            try:
+                if path.stat().st_uid == uid:
+                    prefixes[match.group(1)].append(path)
+            except FileNotFoundError:
+                continue
+    return prefixes
+
+
 def clean_leaked_shared_memory() -> int:
-    """Unlink the streaming segments of every prefix that no process maps; returns how many were removed.
+    """Unlink the streaming segments and file locks of every prefix that no process maps; returns how many files
+    were removed.
 
     Where there is no /proc or /dev/shm (not Linux), falls back to streaming's cleaner.
     """
     if not (SHM_DIR.is_dir() and Path("/proc/self/maps").exists()):
         clean_stale_shared_memory()
         return 0
-    prefixes: dict[str, list[Path]] = defaultdict(list)
-    uid = os.getuid()
-    for path in SHM_DIR.iterdir():
-        if (match := _SEGMENT.fullmatch(path.name)) is not None:
-            try:
-                if path.stat().st_uid == uid:
-                    prefixes[match.group(1)].append(path)
-            except FileNotFoundError:
-                continue
+    prefixes = _ours(SHM_DIR, _SEGMENT)
+    for prefix, paths in _ours(Path(gettempdir()), _FILELOCK).items():
+        prefixes[prefix].extend(paths)
     live = {name.split("_", 1)[0] for name in mapped_segments()}
     removed = 0
     for prefix, paths in prefixes.items():
@@ -68,5 +94,30 @@ def clean_leaked_shared_memory() -> int:
             except FileNotFoundError:  # another rank of this node removed it first
                 pass
     if removed:
-        log.info("removed %d shared memory segment(s) that killed streaming runs left in %s", removed, SHM_DIR)
+        log.info("removed %d shared memory segment(s) and file lock(s) that ended streaming runs left in %s and %s",
+                 removed, SHM_DIR, gettempdir())
     return removed
+
+
+@contextmanager
+def shared_memory_registration() -> Iterator[None]:
+    """Build streaming datasets inside this: the job's local leader holds the node's registration lock (and
+    removes what ended runs left) while every local rank picks the prefix and the leader creates it.
+
+    With more than one rank, torch.distributed must be initialized first: the other ranks wait at a barrier until
+    their leader holds the lock, so no other job can create a prefix between their walk and their leader's.
+    """
+    if World.detect().is_local_leader:
+        with open(Path(gettempdir()) / REGISTRATION_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            clean_leaked_shared_memory()
+            _barrier()
+            yield
+    else:
+        _barrier()
+        yield
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -20,7 +20,6 @@ from composer.utils.parallelism import FSDP2Config, FSDPConfig
 from perceiver_stream.config import ConfigError, to_dict
 from perceiver_stream.data import DataInfo, build_dataloader, prepare
 from perceiver_stream.data.masking import count_tokens
-from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
 from perceiver_stream.train.callbacks import (
@@ -170,11 +169,12 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     if cfg.autoresume and local_save_folder(cfg) is not None and dist.get_global_rank() == 0:
         # Before dist starts: other ranks wait for rank 0 in the Trainer's process-group setup.
         repair_latest(local_save_folder(cfg), plan.devices)
-    clean_leaked_shared_memory()  # what killed runs left; not what a run beside this one is using
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "
                          f"{len(info.tokenizer)} tokens")
+    # Before the loaders (as the Trainer would later): their shared memory registration waits on the ranks' barrier.
+    dist.initialize_dist(device_name(), cfg.dist_timeout)
     train_loader = build_dataloader(cfg.data, info, "train", plan.device_batch_size, cfg.seed)
     eval_loader = build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed)
 

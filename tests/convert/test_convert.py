@@ -21,7 +21,7 @@ from convert.cli import main
 from convert.sources import Source, Stats
 from convert.writer import Options, convert, is_val
 from perceiver_stream.data.format import PADDING, SPECIAL
-from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
+from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.data.tokenizer import fingerprint
 from tests.conftest import REPO, shared_path
 from tests.convert.test_sources import write_dump
@@ -41,8 +41,8 @@ def run_cli(*argv: str) -> None:
 
 
 def read_all(split: Path) -> list[dict]:
-    clean_leaked_shared_memory()
-    dataset = StreamingDataset(local=str(split), shuffle=False, batch_size=1)
+    with shared_memory_registration():
+        dataset = StreamingDataset(local=str(split), shuffle=False, batch_size=1)
     return [dataset[i] for i in range(len(dataset))]
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from convert.sources import Source
 from convert.writer import Options, convert
-from perceiver_stream.data.shared_memory import clean_leaked_shared_memory
 from tests.conftest import build_once, decompress_shards, shared_path
 
 
@@ -34,8 +33,3 @@ def xlnet_shards(tmp_path_factory) -> Path:
 def bert_shards(tmp_path_factory) -> Path:
     return convert_once(tmp_path_factory, "bert-base-uncased", ["enwiki2021_wiki_00"], 128, "bert128")
 
-
-@pytest.fixture(autouse=True)
-def fresh_shared_memory():
-    clean_leaked_shared_memory()
-    yield

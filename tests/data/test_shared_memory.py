@@ -1,17 +1,22 @@
-"""The shared memory a killed streaming run leaves is removed; that of a run still going is not."""
+"""The shared memory a killed streaming run leaves is removed, that of a run still going is not; jobs starting
+together on one node register distinct prefixes."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from tempfile import gettempdir
 
+import numpy as np
 import pytest
+from streaming import MDSWriter, StreamingDataset
 
-from perceiver_stream.data.shared_memory import SHM_DIR, clean_leaked_shared_memory
+from perceiver_stream.data.shared_memory import SHM_DIR, clean_leaked_shared_memory, shared_memory_registration
 
 HOLD = """
 import sys, time
@@ -36,6 +41,9 @@ def test_leaked_segments_are_removed_and_live_ones_kept():
     leaked_prefix, other = live_prefix + 50000, SHM_DIR / f"{live_prefix + 1:06d}_not_streaming"
     live, killed = hold(live_prefix), hold(leaked_prefix)
     other.write_bytes(b"x")
+    live_lock, leaked_lock = (Path(gettempdir()) / f"{p:06d}_cache_filelock" for p in (live_prefix, leaked_prefix))
+    live_lock.touch()
+    leaked_lock.touch()
     try:
         os.killpg(killed.pid, signal.SIGKILL)  # its resource tracker too, as a job scheduler's kill does
         killed.wait()
@@ -43,11 +51,47 @@ def test_leaked_segments_are_removed_and_live_ones_kept():
         assert all(path.exists() for path in leaked)
         assert clean_leaked_shared_memory() >= 2
         assert not any(path.exists() for path in leaked)
+        assert not leaked_lock.exists()  # streaming's file lock of the same prefix
         assert all((SHM_DIR / f"{live_prefix:06d}_{n}").exists() for n in ("locals", "barrier"))
+        assert live_lock.exists()
         assert other.exists()  # not a streaming segment
     finally:
         os.killpg(live.pid, signal.SIGKILL)
         live.wait()
         other.unlink()
+        live_lock.unlink()
+        leaked_lock.unlink(missing_ok=True)
         for path in Path(SHM_DIR).glob(f"{live_prefix:06d}_*"):
             path.unlink()
+
+
+def _register(local: str, start, prefixes) -> None:
+    start.wait()
+    try:
+        with shared_memory_registration():
+            dataset = StreamingDataset(local=local, shuffle=False, batch_size=1)
+        prefixes.put(dataset._shm_prefix_int)
+        start.wait()  # every dataset alive until all are built, as in jobs running side by side
+    except Exception as e:
+        prefixes.put(repr(e))
+        start.abort()
+
+
+@pytest.mark.skipif(not SHM_DIR.is_dir(), reason="Linux /dev/shm only")
+def test_jobs_starting_together_register_distinct_prefixes(tmp_path):
+    """Without the registration lock, 4 datasets built at the same moment collided in 10 rounds of 10
+    (``FileExistsError: '/000012_locals'``): each walked to the same first unused prefix."""
+    with MDSWriter(out=str(tmp_path), columns={"x": "ndarray:int32"}) as writer:
+        for i in range(8):
+            writer.write({"x": np.arange(i, i + 4, dtype=np.int32)})
+    context, jobs = multiprocessing.get_context("fork"), 4
+    for _ in range(3):
+        start, prefixes = context.Barrier(jobs), context.Queue()
+        processes = [context.Process(target=_register, args=(str(tmp_path), start, prefixes)) for _ in range(jobs)]
+        for process in processes:
+            process.start()
+        results = [prefixes.get(timeout=120) for _ in range(jobs)]
+        for process in processes:
+            process.join()
+        assert all(isinstance(r, int) for r in results), results
+        assert len(set(results)) == jobs, results
