@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -72,16 +71,3 @@ def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
             build(partial)
             partial.rename(out)
     return out
-
-
-def decompress_shards(root: Path) -> None:
-    """Write every shard's decompressed ``.mds`` beside its ``.mds.zstd``, as streaming's first reader would:
-    readers in concurrent tests would otherwise race on the one temporary name streaming writes it under."""
-    from streaming.base.compression import decompress
-
-    for index in root.rglob("index.json"):  # a split's index and its parts' list the same shards
-        for shard in json.loads(index.read_text())["shards"]:
-            raw = index.parent / shard["raw_data"]["basename"]
-            if not raw.exists():
-                zipped = index.parent / shard["zip_data"]["basename"]
-                raw.write_bytes(decompress(shard["compression"], zipped.read_bytes()))

@@ -35,7 +35,8 @@ class DataConfig(MaskingConfig):
         shuffle, shuffle_algo, shuffle_seed, shuffle_block_size, num_canonical_nodes, predownload,
             epoch_size, cache_limit, download_timeout, validate_hash: passed to ``StreamingDataset``
             (``epoch_size`` and ``shuffle`` apply to training only).
-        verify_shards: before training, check that every local shard exists and matches its xxh64 hash.
+        verify_shards: before training, check that every local shard exists and matches its xxh64 hash, and
+            decompress the ones not yet decompressed (otherwise streaming does it on first read).
         num_workers, prefetch_factor, persistent_workers, pin_memory: ``DataLoader`` settings per device.
     """
 

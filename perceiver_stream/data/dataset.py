@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.compression import decompress
 from streaming.base.distributed import get_local_rank
 from streaming.base.storage import CloudDownloader
 from transformers import PreTrainedTokenizerFast
@@ -120,11 +122,13 @@ def _mismatch(path: Path, data: dict) -> str | None:
 
 
 def verify_shards(name: str, split_dir: Path) -> int:
-    """Check each shard listed in ``index.json`` against its xxh64 hash; returns the count.
+    """Check each shard listed in ``index.json`` against its xxh64 hash and write the decompressed ``.mds`` of
+    each compressed one that lacks it; returns the count.
 
-    Streaming reads the decompressed ``.mds`` it leaves beside a ``.mds.zstd`` after the first run, so that
-    file is what training reads: it is checked too, and a corrupted one is removed (with a warning) so that
-    streaming decompresses it again from the verified compressed shard.
+    Streaming reads the decompressed ``.mds`` beside a ``.mds.zstd``, so that file is what training reads: it is
+    checked too, and a corrupted one is replaced (with a warning). Left to streaming, a missing one is written on
+    first read under one fixed temporary name, which two jobs starting together on new shards would both write
+    into; here it is written under a name of its own and renamed into place.
     """
     index_path = split_dir / "index.json"
     if not index_path.exists():
@@ -139,13 +143,28 @@ def verify_shards(name: str, split_dir: Path) -> int:
         if (found := _mismatch(path, data)) is not None:
             raise DataError(f"stream {name!r}: shard {path} is corrupted (xxh64 {found}, index.json says "
                             f"{data['hashes']['xxh64']})")
+        if not zipped:
+            continue
         raw_path = split_dir / raw["basename"]
-        if zipped and raw_path.exists() and (found := _mismatch(raw_path, raw)) is not None:
-            log.warning("stream %r: decompressed shard %s is corrupted (xxh64 %s, index.json says %s); removed it, "
-                        "streaming decompresses it again from the verified %s", name, raw_path, found,
+        if raw_path.exists():
+            if (found := _mismatch(raw_path, raw)) is None:
+                continue
+            log.warning("stream %r: decompressed shard %s is corrupted (xxh64 %s, index.json says %s); replacing it "
+                        "with the one decompressed from the verified %s", name, raw_path, found,
                         raw["hashes"]["xxh64"], zipped["basename"])
-            raw_path.unlink()
+        _write_decompressed(path, shard["compression"], raw_path)
     return len(shards)
+
+
+def _write_decompressed(zipped: Path, compression: str, raw: Path) -> None:
+    """``zipped`` decompressed into ``raw``, which never exists half-written."""
+    with tempfile.NamedTemporaryFile(dir=raw.parent, prefix=f"{raw.name}.", suffix=".tmp", delete=False) as tmp:
+        try:
+            tmp.write(decompress(compression, zipped.read_bytes()))
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, raw)
 
 
 def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> DataInfo:

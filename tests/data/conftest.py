@@ -8,7 +8,7 @@ import pytest
 
 from convert.sources import Source
 from convert.writer import Options, convert
-from tests.conftest import build_once, decompress_shards, shared_path
+from tests.conftest import build_once, shared_path
 
 
 def convert_once(tmp_path_factory, tokenizer: str, files: list[str], max_seq_len: int, name: str) -> Path:
@@ -17,7 +17,6 @@ def convert_once(tmp_path_factory, tokenizer: str, files: list[str], max_seq_len
         convert({".": Source("files", files=paths)}, out,
                 Options(tokenizer=str(shared_path(f"tokenizers/{tokenizer}")), max_seq_len=max_seq_len,
                         val_fraction=0.02, workers=2))
-        decompress_shards(out)
 
     return build_once(tmp_path_factory, name, build)
 

@@ -53,20 +53,22 @@ def test_missing_and_corrupted_shards_are_named(xlnet_shards, tmp_path):
         prepare(cfg)
 
 
-def test_corrupted_decompressed_shard_is_dropped_and_decompressed_again(xlnet_shards, tmp_path, caplog):
-    # Streaming reads the .mds it decompressed on an earlier run, not the verified .mds.zstd beside it.
+def test_decompressed_shards_are_written_before_training_and_a_corrupted_one_replaced(xlnet_shards, tmp_path,
+                                                                                      caplog):
+    # Streaming reads the .mds decompressed beside the verified .mds.zstd, not the .mds.zstd itself.
     copy = tmp_path / "copy"
     shutil.copytree(xlnet_shards, copy)
-    zipped = sorted((copy / "train").glob("part-0000/shard.*.mds.zstd"))[0]
-    raw = zipped.with_suffix("")
-    good = decompress("zstd", zipped.read_bytes())
-    raw.write_bytes(good[:1000] + bytes(len(good) - 1000))
+    zipped = sorted((copy / "train").glob("part-*/shard.*.mds.zstd"))
+    raws = [path.with_suffix("") for path in zipped]
+    good = [decompress("zstd", path.read_bytes()) for path in zipped]
+    raws[0].write_bytes(good[0][:1000] + bytes(len(good[0]) - 1000))
+    raws[1].unlink(missing_ok=True)
     cfg = config(streams={"wikipedia": {"local": str(copy)}})
     info = prepare(cfg)
-    assert f"decompressed shard {raw} is corrupted" in caplog.text
-    assert not raw.exists()
+    assert f"decompressed shard {raws[0]} is corrupted" in caplog.text
+    assert [raw.read_bytes() for raw in raws] == good
+    assert not list(copy.rglob("*.tmp"))
     batch = next(iter(build_dataloader(cfg, info, "train", batch_size=4, seed=0)))
-    assert raw.read_bytes() == good
     assert (batch["input_ids"] != 0).any()
 
 

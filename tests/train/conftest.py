@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from convert.writer import Options, convert
-from tests.conftest import REPO, build_once, decompress_shards, shared_corpora, shared_path
+from tests.conftest import REPO, build_once, shared_corpora, shared_path
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,6 @@ def tiny_shards(tmp_path_factory) -> Path:
         tokenizer = str(shared_path("tokenizers/xlnet-base-cased"))
         convert(shared_corpora(wiki_files=4, books=24), root,
                 Options(tokenizer=tokenizer, max_seq_len=128, val_fraction=0.05, workers=2))
-        decompress_shards(root)
 
     return build_once(tmp_path_factory, "tiny-shards", build)
 
