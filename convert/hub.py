@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from convert.sources import InputError, Stats
+from perceiver_stream.errors import first_line
 
 WIKIPEDIA = "wikimedia/wikipedia:20231101.en"
 BOOKCORPUS = "SamuelYang/bookcorpus@refs/convert/parquet"
@@ -55,7 +56,7 @@ def _load(spec: HubSpec, split: str, streaming: bool):
 
 def _failure(spec: HubSpec, error: Exception) -> str:
     """One line: what went wrong loading ``spec`` and what to do about it."""
-    message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    message = first_line(error)
     local = os.path.isdir(spec.name)
     if "Dataset scripts are no longer supported" in message:
         hint = ("it is a loading-script dataset, which datasets >= 4 no longer runs; name a parquet repository, or "

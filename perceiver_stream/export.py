@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from perceiver_stream.config import ConfigError, build, load
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
+from perceiver_stream.errors import first_line
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.hf import to_hf
 from perceiver_stream.train.config import TrainConfig
@@ -54,8 +55,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{path}: cannot be read as a checkpoint ({reason}); it is truncated or not a "
+        raise ExportError(f"{path}: cannot be read as a checkpoint ({first_line(e)}); it is truncated or not a "
                           "Composer checkpoint") from None
     state = checkpoint.get("state") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "model" not in state:

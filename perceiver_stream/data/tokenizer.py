@@ -7,6 +7,8 @@ import json
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from perceiver_stream.errors import first_line
+
 
 class TokenizerLoadError(ValueError):
     """A tokenizer that cannot be loaded; the message is transformers' reason, on one line."""
@@ -18,8 +20,7 @@ def load_tokenizer(name_or_dir: str, **kwargs) -> PreTrainedTokenizerFast:
     try:
         return AutoTokenizer.from_pretrained(name_or_dir, use_fast=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - third-party loading of user input; the reason is passed on
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise TokenizerLoadError(f"{name_or_dir}: cannot load a tokenizer ({reason}); expected a hub name or a "
+        raise TokenizerLoadError(f"{name_or_dir}: cannot load a tokenizer ({first_line(e)}); expected a hub name or a "
                                  "directory saved with save_pretrained") from None
 
 
