@@ -108,14 +108,33 @@ def shared_memory_registration() -> Iterator[None]:
     their leader holds the lock, so no other job can create a prefix between their walk and their leader's.
     """
     if World.detect().is_local_leader:
-        with open(Path(gettempdir()) / REGISTRATION_LOCK, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        lock = _open_lock(Path(gettempdir()) / REGISTRATION_LOCK)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the descriptor closes
             clean_leaked_shared_memory()
             _barrier()
             yield
+        finally:
+            os.close(lock)
     else:
         _barrier()
         yield
+
+
+def _open_lock(path: Path) -> int:
+    """A read-only descriptor of the lock file, creating it if need be. Read-only because the file may be another
+    user's (streaming's prefixes are shared by all users of a node) and flock needs no write access; created
+    exclusively because in a sticky /tmp (``fs.protected_regular``) even root cannot open another user's file
+    with O_CREAT."""
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another job created it in between
+            continue
 
 
 def _barrier() -> None:

@@ -9,14 +9,19 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from tempfile import gettempdir
 
 import numpy as np
 import pytest
 from streaming import MDSWriter, StreamingDataset
 
-from perceiver_stream.data.shared_memory import SHM_DIR, clean_leaked_shared_memory, shared_memory_registration
+from perceiver_stream.data.shared_memory import (
+    REGISTRATION_LOCK,
+    SHM_DIR,
+    clean_leaked_shared_memory,
+    shared_memory_registration,
+)
 
 HOLD = """
 import sys, time
@@ -41,7 +46,8 @@ def test_leaked_segments_are_removed_and_live_ones_kept():
     leaked_prefix, other = live_prefix + 50000, SHM_DIR / f"{live_prefix + 1:06d}_not_streaming"
     live, killed = hold(live_prefix), hold(leaked_prefix)
     other.write_bytes(b"x")
-    live_lock, leaked_lock = (Path(gettempdir()) / f"{p:06d}_cache_filelock" for p in (live_prefix, leaked_prefix))
+    live_lock, leaked_lock = (Path(tempfile.gettempdir()) / f"{prefix:06d}_cache_filelock"
+                              for prefix in (live_prefix, leaked_prefix))
     live_lock.touch()
     leaked_lock.touch()
     try:
@@ -95,3 +101,28 @@ def test_jobs_starting_together_register_distinct_prefixes(tmp_path):
             process.join()
         assert all(isinstance(r, int) for r in results), results
         assert len(set(results)) == jobs, results
+
+
+def _register_as_nobody(tmp: str) -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+    tempfile.tempdir = tmp
+    try:
+        with shared_memory_registration():
+            pass
+    except Exception as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        os._exit(1)
+    os._exit(0)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_another_users_lock_file_is_used_not_refused():
+    """A job of a second user on the node waits on the same lock instead of failing on the first user's file."""
+    with tempfile.TemporaryDirectory() as tmp:  # pytest's own is private to this user
+        Path(tmp).chmod(0o755)
+        (Path(tmp) / REGISTRATION_LOCK).touch(mode=0o644)  # root's, as the first job of a node leaves it
+        child = multiprocessing.get_context("fork").Process(target=_register_as_nobody, args=(tmp,))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0
