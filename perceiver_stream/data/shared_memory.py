@@ -91,7 +91,7 @@ def clean_leaked_shared_memory() -> int:
             try:
                 path.unlink()
                 removed += 1
-            except FileNotFoundError:  # another rank of this node removed it first
+            except FileNotFoundError:  # removed meanwhile by the ended run's resource tracker or a cleaner
                 pass
     if removed:
         log.info("removed %d shared memory segment(s) and file lock(s) that ended streaming runs left in %s and %s",

@@ -167,7 +167,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     share_cpu_threads()
     plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
     if cfg.autoresume and local_save_folder(cfg) is not None and dist.get_global_rank() == 0:
-        # Before dist starts: other ranks wait for rank 0 in the Trainer's process-group setup.
+        # Before dist starts: the other ranks wait for rank 0 in initialize_dist below.
         repair_latest(local_save_folder(cfg), plan.devices)
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
