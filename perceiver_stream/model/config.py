@@ -6,7 +6,7 @@ Field names and meanings follow the blueprint command (``--model.encoder.num_sel
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -68,8 +68,8 @@ class DecoderConfig:
 
 
 @dataclass
-class PerceiverMLMConfig:
-    """Perceiver IO MLM (Jaegle et al. 2021, "Perceiver IO", language configuration).
+class PerceiverConfig:
+    """What every Perceiver IO text model of ours shares: the input adapter and the encoder.
 
     Attributes:
         vocab_size: tokenizer vocabulary size (the embedding rows and output logits).
@@ -77,7 +77,6 @@ class PerceiverMLMConfig:
         num_latents: N, the number of latent vectors.
         num_latent_channels: D, the latent width.
         encoder: see EncoderConfig.
-        decoder: see DecoderConfig.
         init_scale: std of the normal initialisation of all weights (paper: 0.02).
         local_init: start with ordered local attention (``perceiver_stream.model.local_init``): encoder head h
             of latent i reads one input position, at offset h from the latent's share of the sequence; output
@@ -94,7 +93,6 @@ class PerceiverMLMConfig:
     num_latents: int = 256
     num_latent_channels: int = 1280
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     init_scale: float = 0.02
     local_init: bool = True
     layer_norm_eps: float = 1e-5
@@ -104,6 +102,25 @@ class PerceiverMLMConfig:
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig(**self.encoder)
+        if self.activation_offloading and not self.activation_checkpointing:
+            raise ValueError("model.activation_offloading=true needs model.activation_checkpointing=true")
+        if not 0.0 <= self.encoder.dropout < 1.0:
+            raise ValueError(f"model.encoder.dropout={self.encoder.dropout} must be in [0, 1)")
+
+
+@dataclass
+class PerceiverMLMConfig(PerceiverConfig):
+    """Perceiver IO MLM (Jaegle et al. 2021, "Perceiver IO", language configuration): the shared input adapter
+    and encoder (``PerceiverConfig``), and a decoder of one output query per position.
+
+    Attributes:
+        decoder: see DecoderConfig.
+    """
+
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.decoder, dict):
             self.decoder = DecoderConfig(**self.decoder)
         v = self.decoder.num_cross_attention_v_channels or self.decoder.num_cross_attention_qk_channels
@@ -114,8 +131,64 @@ class PerceiverMLMConfig:
                 f"model.encoder.num_input_channels={self.encoder.num_input_channels}: the output head is "
                 "tied to the token embedding"
             )
-        if self.activation_offloading and not self.activation_checkpointing:
-            raise ValueError("model.activation_offloading=true needs model.activation_checkpointing=true")
-        for name, value in (("encoder.dropout", self.encoder.dropout), ("decoder.dropout", self.decoder.dropout)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"model.{name}={value} must be in [0, 1)")
+        if not 0.0 <= self.decoder.dropout < 1.0:
+            raise ValueError(f"model.decoder.dropout={self.decoder.dropout} must be in [0, 1)")
+
+
+def mlm_config_for(config: PerceiverConfig) -> PerceiverMLMConfig:
+    """An MLM config with ``config``'s input adapter and encoder, and the MLM decoder transformers would give
+    it: the MLM whose encoder a classifier starts from when no pretrained one is given (its initialisation,
+    ``local_init`` included, is the MLM's)."""
+    shared = {f.name: getattr(config, f.name) for f in fields(PerceiverConfig)}
+    return PerceiverMLMConfig(**shared, decoder=DecoderConfig(
+        num_cross_attention_v_channels=config.encoder.num_input_channels))
+
+
+@dataclass
+class ClassificationDecoderConfig:
+    """The classification decoder: one trainable query cross-attends to the latents, a linear layer maps the
+    result to class logits (the original project's ``ClassificationDecoder``, transformers'
+    ``PerceiverClassificationDecoder``; the defaults are transformers' layout, so the classifier exports).
+
+    Attributes:
+        num_cross_attention_qk_channels: query/key width (None: the latent width).
+        num_cross_attention_v_channels: value width (None: the qk width).
+        num_cross_attention_heads: heads of the cross-attention.
+        cross_attention_widening_factor: MLP hidden width / latent width after the cross-attention.
+        dropout: dropout on attention probabilities.
+    """
+
+    num_cross_attention_qk_channels: int | None = None
+    num_cross_attention_v_channels: int | None = None
+    num_cross_attention_heads: int = 1
+    cross_attention_widening_factor: int = 1
+    dropout: float = 0.0
+
+
+@dataclass
+class PerceiverClassifierConfig(PerceiverConfig):
+    """A text classifier: the pretrained input adapter and encoder (``PerceiverConfig``; the keys must match the
+    checkpoint's), and a classification decoder.
+
+    Attributes:
+        num_classes: classes (None: the number of labels in the shards' manifest).
+        decoder: see ClassificationDecoderConfig.
+        encoder_from: where the input adapter and encoder start from: a checkpoint of ours (an MLM's, or a
+            classifier's, whose decoder comes along; full file or sharded directory), or a transformers
+            ``PerceiverForMaskedLM`` directory. None: a freshly initialised MLM's encoder (``mlm_config_for``).
+        freeze_encoder: train the decoder alone (the input adapter and encoder get no gradient and no update).
+    """
+
+    num_classes: int | None = None
+    decoder: ClassificationDecoderConfig = field(default_factory=ClassificationDecoderConfig)
+    encoder_from: str | None = None
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.decoder, dict):
+            self.decoder = ClassificationDecoderConfig(**self.decoder)
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"model.num_classes={self.num_classes}: a classifier needs at least 2 classes")
+        if not 0.0 <= self.decoder.dropout < 1.0:
+            raise ValueError(f"model.decoder.dropout={self.decoder.dropout} must be in [0, 1)")

@@ -1,8 +1,9 @@
-"""Weights to and from ``transformers.PerceiverForMaskedLM``.
+"""Weights to and from ``transformers.PerceiverForMaskedLM`` (and to ``PerceiverForSequenceClassification``).
 
 Import lets users start from DeepMind's released ``deepmind/language-perceiver``; export lets any
-``transformers`` tool (``pipeline("fill-mask")``) use what we trained. The two architectures are the same
-network with different parameter names, so conversion is a renaming plus a config translation.
+``transformers`` tool (``pipeline("fill-mask")``, ``pipeline("text-classification")``) use what we trained. The
+architectures are the same networks with different parameter names, so conversion is a renaming plus a config
+translation.
 """
 
 from __future__ import annotations
@@ -10,24 +11,34 @@ from __future__ import annotations
 import re
 
 import torch
-from transformers import PerceiverConfig, PerceiverForMaskedLM
+from transformers import PerceiverConfig, PerceiverForMaskedLM, PerceiverForSequenceClassification
 
-from perceiver_stream.model.config import DecoderConfig, EncoderConfig, PerceiverMLMConfig
+from perceiver_stream.model.classifier import PerceiverClassifier
+from perceiver_stream.model.config import DecoderConfig, EncoderConfig, PerceiverMLMConfig, mlm_config_for
 from perceiver_stream.model.mlm import PerceiverMLM
 
 # transformers hard-codes its MLM decoder's attention shape (modeling_perceiver.PerceiverForMaskedLM).
 HF_DECODER_QK_CHANNELS = 256
 HF_DECODER_HEADS = 8
 
-_RENAMES = [
+_ENCODER_RENAMES = [
     (r"^input_adapter\.token_embedding\.", "perceiver.input_preprocessor.embeddings."),
     (r"^input_adapter\.position_embedding\.", "perceiver.input_preprocessor.position_embeddings."),
     (r"^encoder\.latents$", "perceiver.embeddings.latents"),
     (r"^encoder\.cross_attention\.", "perceiver.encoder.cross_attention."),
     (r"^encoder\.self_attention\.(\d+)\.", r"perceiver.encoder.self_attends.\1."),
+]
+_MLM_DECODER_RENAMES = [
     (r"^decoder\.output_queries$", "perceiver.decoder.output_position_encodings.position_embeddings"),
     (r"^decoder\.cross_attention\.", "perceiver.decoder.decoding_cross_attention."),
     (r"^output_bias$", "embedding_decoder.bias"),
+]
+_CLASSIFIER_DECODER_RENAMES = [
+    (r"^decoder\.query$", "perceiver.decoder.decoder.output_position_encodings.position_embeddings"),
+    (r"^decoder\.cross_attention\.", "perceiver.decoder.decoder.decoding_cross_attention."),
+    (r"^decoder\.linear\.", "perceiver.decoder.decoder.final_layer."),
+]
+_LAYER_RENAMES = [
     (r"\.(q_norm|norm)\.", ".attention.self.layernorm1."),
     (r"\.kv_norm\.", ".attention.self.layernorm2."),
     (r"\.attention\.q_proj\.", ".attention.self.query."),
@@ -40,9 +51,11 @@ _RENAMES = [
 ]
 
 
-def hf_name(name: str) -> str:
-    """The ``PerceiverForMaskedLM`` parameter name of our parameter ``name``."""
-    for pattern, replacement in _RENAMES:
+def hf_name(name: str, *, classifier: bool = False) -> str:
+    """The transformers parameter name of our parameter ``name``: of ``PerceiverForMaskedLM``, or with
+    ``classifier`` of ``PerceiverForSequenceClassification``."""
+    decoder = _CLASSIFIER_DECODER_RENAMES if classifier else _MLM_DECODER_RENAMES
+    for pattern, replacement in _ENCODER_RENAMES + decoder + _LAYER_RENAMES:
         name = re.sub(pattern, replacement, name)
     return name
 
@@ -145,4 +158,30 @@ def to_hf(model: PerceiverMLM) -> PerceiverForMaskedLM:
     """A ``PerceiverForMaskedLM`` with ``model``'s config and weights (the inverse of ``from_hf``)."""
     hf_model = PerceiverForMaskedLM(to_hf_config(model.config))
     hf_model.load_state_dict({hf_name(k): v for k, v in model.state_dict().items()}, strict=True)
+    return hf_model.eval()
+
+
+def to_hf_classifier_config(config) -> PerceiverConfig:
+    """The ``PerceiverConfig`` of ``PerceiverForSequenceClassification`` for our classifier config; raises if
+    transformers cannot express it (its decoder is fixed: one head, query/key and value widths of the latents)."""
+    dec, d = config.decoder, config.num_latent_channels
+    required = {
+        "decoder.num_cross_attention_heads == 1": dec.num_cross_attention_heads == 1,
+        f"decoder.num_cross_attention_qk_channels in (null, {d})": dec.num_cross_attention_qk_channels in (None, d),
+        f"decoder.num_cross_attention_v_channels in (null, {d})": dec.num_cross_attention_v_channels in (None, d),
+        "decoder.cross_attention_widening_factor == 1": dec.cross_attention_widening_factor == 1,
+    }
+    unmet = [condition for condition, ok in required.items() if not ok]
+    if unmet:
+        raise ValueError(f"transformers' PerceiverForSequenceClassification cannot express this model; it needs {unmet}")
+    hf = to_hf_config(mlm_config_for(config))
+    hf.num_labels = config.num_classes
+    return hf
+
+
+@torch.no_grad()
+def to_hf_classifier(model: PerceiverClassifier) -> PerceiverForSequenceClassification:
+    """A ``PerceiverForSequenceClassification`` with ``model``'s config and weights."""
+    hf_model = PerceiverForSequenceClassification(to_hf_classifier_config(model.config))
+    hf_model.load_state_dict({hf_name(k, classifier=True): v for k, v in model.state_dict().items()}, strict=True)
     return hf_model.eval()

@@ -13,7 +13,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     offload_wrapper,
 )
 
-from perceiver_stream.model.config import PerceiverMLMConfig
+from perceiver_stream.model.config import PerceiverConfig, PerceiverMLMConfig
 from perceiver_stream.model.local_init import apply_local_init
 from perceiver_stream.model.modules import CrossAttentionLayer, SelfAttentionLayer
 
@@ -65,14 +65,20 @@ class TextInputAdapter(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings (B, L, C) and the token embedding weight for the tied head (see ``_TiedLookup``)."""
         tokens, head_weight = _TiedLookup.apply(self.token_embedding.weight, input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return tokens + self.position_embedding(positions), head_weight
+        return tokens + self._positions(input_ids), head_weight
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings (B, L, C) for a model without the tied head (a classifier)."""
+        return self.token_embedding(input_ids) + self._positions(input_ids)
+
+    def _positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.position_embedding(torch.arange(input_ids.shape[1], device=input_ids.device))
 
 
 class PerceiverEncoder(nn.Module):
     """Latents cross-attend to the input once, then run the weight-shared self-attention block."""
 
-    def __init__(self, config: PerceiverMLMConfig):
+    def __init__(self, config: PerceiverConfig):
         super().__init__()
         enc, eps = config.encoder, config.layer_norm_eps
         self.num_blocks = enc.num_self_attention_blocks
