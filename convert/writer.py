@@ -14,7 +14,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue as queue_module
-import shutil
 import threading
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from streaming.base.util import merge_index
 from tqdm import tqdm
 
 import perceiver_stream
+from convert.output import check_output, written_atomically
 from convert.packing import Packer, token_dtype, tokenize
 from convert.sources import MAX_REPLACED_FRACTION, InputError, Source, Stats
 from convert.tokenizer import describe, load_tokenizer, separator_id
@@ -274,88 +274,19 @@ def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str
     }
 
 
-def _output_layout(out: Path) -> list[Path]:
-    """The manifests of an earlier output at ``out`` (``train``/``val`` splits, directly or one stream deep), or
-    an empty list if ``out`` holds anything a conversion does not write."""
-    def written(path: Path) -> bool:  # what the writer (and streaming's decompression) puts in a split
-        if path.is_dir():
-            return path.name.startswith("part-") and all(written(f) for f in path.iterdir())
-        return path.name in (MANIFEST, "index.json") or path.name.startswith("shard.")
-
-    def split_files_ok(split: Path) -> bool:
-        return split.is_dir() and all(written(f) for f in split.iterdir())
-
-    manifests = []
-    for entry in out.iterdir():
-        if entry.name in SPLITS and split_files_ok(entry):
-            manifests.append(entry / MANIFEST)
-        elif entry.is_dir() and any(entry.iterdir()) and all(
-                e.name in SPLITS and split_files_ok(e) for e in entry.iterdir()):
-            manifests += [e / MANIFEST for e in entry.iterdir()]
-        else:
-            return []
-    return manifests
-
-
-def check_replaceable(out: Path, streams: dict[str, Source]) -> None:
-    """``--overwrite`` replaces only an earlier ``perceiver-convert`` output, proven by its manifests, and never
-    a directory that holds one of this run's inputs."""
-    resolved = out.resolve()
-    for source in streams.values():
-        for file in source.files:
-            if resolved in Path(file).resolve().parents:
-                raise InputError(f"--out {out}: holds the input {file}; --overwrite would delete it. Choose another "
-                                 "--out")
-    manifests = _output_layout(out)
-
-    def is_manifest(path: Path) -> bool:
-        try:
-            return json.loads(path.read_text()).get("format") == MANIFEST_FORMAT
-        except (OSError, ValueError, AttributeError):
-            return False
-
-    if not manifests or not all(is_manifest(m) for m in manifests):
-        raise InputError(f"--out {out}: is not an earlier perceiver-convert output (train/ and val/ with their "
-                         f"{MANIFEST}, and nothing else), so --overwrite will not replace it. Choose another --out, "
-                         "or remove it yourself")
-
-
 def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: bool = False) -> dict[str, dict]:
     """Convert each source to ``out/<stream>/{train,val}`` (``out/{train,val}`` for the stream ``"."``).
 
     Returns the manifests by ``"<stream>/<split>"``.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"--out {out}: exists and is not empty (pass --overwrite to replace it)")
-        check_replaceable(out, streams)
+    check_output(out, overwrite=overwrite, input_files=[f for source in streams.values() for f in source.files])
     tokenizer_info = describe(load_tokenizer(options.tokenizer), options.tokenizer)
     streams = {name: _opened(source) for name, source in streams.items()}
-    partial = out.parent / f".{out.name}.partial"
-    if partial.exists():
-        print(f"removing the unfinished output of an interrupted run: {partial}")
-        shutil.rmtree(partial)
-    try:
-        partial.mkdir(parents=True)
-    except OSError as e:
-        raise InputError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
     start = time.monotonic()
-    try:
+    with written_atomically(out) as partial:
         manifests = _convert_streams(streams, partial, options, tokenizer_info, out.name)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written stays behind
-        raise
-    if out.exists():
-        trash = out.parent / f".{out.name}.replaced"
-        os.replace(out, trash)
-        os.replace(partial, out)
-        shutil.rmtree(trash)
-    else:
-        os.replace(partial, out)
     _summary(manifests, out, time.monotonic() - start)
     return manifests
 

@@ -1,6 +1,7 @@
 """The on-disk sample format shared by the converter (writer) and the data pipeline (reader).
 
-Each MDS sample holds ``input_ids`` (uint16 or int32) and ``token_type`` (uint8), one code per token.
+Each MDS sample holds ``input_ids`` (uint16 or int32) and ``token_type`` (uint8), one code per token; a sample of
+labelled shards (``perceiver-convert labelled``) also its ``label``.
 """
 
 import numpy as np
@@ -12,6 +13,7 @@ PADDING = 3  # padding after a final partial sample: never attended to
 
 IDS_COLUMN = "input_ids"  # the MDS columns of a sample
 TYPES_COLUMN = "token_type"
+LABEL_COLUMN = "label"  # labelled shards only: the index of the sample's label in the manifest's "labels"
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "perceiver-stream-mds/1"

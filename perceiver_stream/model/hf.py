@@ -173,7 +173,8 @@ def to_hf_classifier_config(config) -> PerceiverConfig:
     }
     unmet = [condition for condition, ok in required.items() if not ok]
     if unmet:
-        raise ValueError(f"transformers' PerceiverForSequenceClassification cannot express this model; it needs {unmet}")
+        raise ValueError(f"transformers' PerceiverForSequenceClassification cannot express this model; it needs "
+                         f"{unmet}")
     hf = to_hf_config(mlm_config_for(config))
     hf.num_labels = config.num_classes
     return hf
