@@ -1,4 +1,5 @@
-"""Train a Perceiver IO MLM: ``composer train.py yamls/mlm_base.yaml [key=value ...]``.
+"""Pretrain a Perceiver IO MLM or fine-tune a classifier: ``composer train.py yamls/mlm_base.yaml [key=value ...]``
+(``yamls/clf_*.yaml``: ``task: classification``).
 
 ``python train.py CONFIG [key=value ...]`` runs one process; ``--summary`` prints the resolved plan
 (parameters, FLOPs per sample, batch plan, streams, parallelism) and exits without training.
@@ -10,10 +11,11 @@ import argparse
 import logging
 import sys
 
-from perceiver_stream.config import ConfigError, build, load
+from perceiver_stream.checkpoint import CheckpointError
+from perceiver_stream.config import ConfigError, load
 from perceiver_stream.data import DataError
 from perceiver_stream.train.callbacks import NonFiniteLossError
-from perceiver_stream.train.config import TrainConfig
+from perceiver_stream.train.config import build_train_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = build(TrainConfig, load(args.config, args.overrides))
+        cfg = build_train_config(load(args.config, args.overrides))
         from composer.utils import dist
 
         from perceiver_stream.train.trainer import build_trainer
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
             print(summary(cfg, dist.get_world_size()))
             return
         trainer = build_trainer(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     if cfg.eval_first and trainer.state.timestamp.batch.value == 0:

@@ -23,15 +23,13 @@ class StreamConfig:
 
 
 @dataclass
-class DataConfig(MaskingConfig):
-    """Streams, tokenizer, masking and loader settings (the blueprint's ``--data.*``); the masking keys
-    (``masking``, ``mask_prob``, ``mask_replace_prob``, ``random_replace_prob``) are ``MaskingConfig``'s fields.
+class StreamingDataConfig:
+    """Streams, tokenizer and loader settings, for every task.
 
     Attributes:
         tokenizer: hub name or local directory; shards must have been converted with exactly this tokenizer.
         max_seq_len: tokens per sample; must equal the shards'.
         streams: named streams, e.g. ``wikipedia`` and ``bookcorpus``; ``<name>: null`` switches one off.
-        masking_seed: seed of the masks (None: the run's ``seed``).
         shuffle, shuffle_algo, shuffle_seed, shuffle_block_size, num_canonical_nodes, predownload,
             epoch_size, cache_limit, download_timeout, validate_hash: passed to ``StreamingDataset``
             (``epoch_size`` and ``shuffle`` apply to training only).
@@ -43,7 +41,6 @@ class DataConfig(MaskingConfig):
     streams: dict[str, StreamConfig | None] = field(default_factory=dict)
     tokenizer: str = "xlnet-base-cased"
     max_seq_len: int = 512
-    masking_seed: int | None = None
     shuffle: bool = True
     shuffle_algo: str = "py1e"
     shuffle_seed: int = 9176
@@ -61,7 +58,6 @@ class DataConfig(MaskingConfig):
     pin_memory: bool = True
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         # data.streams.<name>=null switches a stream off
         self.streams = {name: s for name, s in (self.streams or {}).items() if s is not None}
         if not self.streams:
@@ -70,5 +66,27 @@ class DataConfig(MaskingConfig):
         if any(p is not None for p in proportions) and any(p is None for p in proportions):
             raise ValueError("data.streams.*.proportion: give every stream a proportion, or none")
 
+
+@dataclass
+class DataConfig(MaskingConfig, StreamingDataConfig):
+    """The MLM's data (the blueprint's ``--data.*``): ``StreamingDataConfig``'s streams, tokenizer and loader
+    settings, and the masking keys (``masking``, ``mask_prob``, ``mask_replace_prob``, ``random_replace_prob``),
+    ``MaskingConfig``'s fields, with ``masking_seed``.
+
+    Attributes:
+        masking_seed: seed of the masks (None: the run's ``seed``).
+    """
+
+    masking_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        MaskingConfig.__post_init__(self)
+        StreamingDataConfig.__post_init__(self)
+
     def masking_config(self) -> MaskingConfig:
         return MaskingConfig(**{f.name: getattr(self, f.name) for f in fields(MaskingConfig)})
+
+
+@dataclass
+class ClassificationDataConfig(StreamingDataConfig):
+    """A classifier's data: streams of labelled shards (``perceiver-convert labelled``), no masking."""

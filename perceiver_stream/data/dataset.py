@@ -1,4 +1,5 @@
-"""StreamingDataset streams from the yaml, checked against their manifests, batched by the MLM collator."""
+"""StreamingDataset streams from the yaml, checked against their manifests, batched by the MLM collator (or, for a
+classifier, the classification collator)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from streaming.base.distributed import get_local_rank
 from streaming.base.storage import CloudDownloader
 from transformers import PreTrainedTokenizerFast
 
-from perceiver_stream.data.config import DataConfig, StreamConfig
-from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, TYPES_COLUMN
+from perceiver_stream.data.classification import ClassificationCollator
+from perceiver_stream.data.config import ClassificationDataConfig, StreamConfig, StreamingDataConfig
+from perceiver_stream.data.format import IDS_COLUMN, LABEL_COLUMN, MANIFEST, MANIFEST_FORMAT, TYPES_COLUMN
 from perceiver_stream.data.masking import MLMCollator
 from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
@@ -32,7 +34,8 @@ class DataError(ValueError):
 
 
 class MLMStreamingDataset(StreamingDataset):
-    """A ``StreamingDataset`` whose records carry their global sample index and epoch.
+    """A ``StreamingDataset`` whose records carry their global sample index and epoch (and their label, in
+    labelled shards).
 
     The collator derives every mask from (seed, epoch, sample index), which is what makes masks independent
     of workers, world size and resumption.
@@ -48,17 +51,22 @@ class MLMStreamingDataset(StreamingDataset):
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
         record = super().get_item(sample_id, retry)
-        return {"input_ids": record[IDS_COLUMN], "token_type": record[TYPES_COLUMN], "sample_idx": sample_id,
+        item = {"input_ids": record[IDS_COLUMN], "token_type": record[TYPES_COLUMN], "sample_idx": sample_id,
                 "epoch": self._epoch}
+        if LABEL_COLUMN in record:
+            item["label"] = record[LABEL_COLUMN]
+        return item
 
 
 @dataclass
 class DataInfo:
-    """The configured tokenizer, its fingerprint, and each stream's manifest by ``(stream, split)``."""
+    """The configured tokenizer, its fingerprint, each stream's manifest by ``(stream, split)``, and for labelled
+    shards their label vocabulary."""
 
     tokenizer: PreTrainedTokenizerFast
     tokenizer_fingerprint: str
     manifests: dict[tuple[str, str], dict]
+    labels: list[str] | None = None
 
 
 def _split_paths(stream: StreamConfig, split: str) -> tuple[str, str | None]:
@@ -86,7 +94,7 @@ def read_manifest(name: str, stream: StreamConfig, split: str, timeout: float) -
     return manifest
 
 
-def check_manifest(name: str, split: str, manifest: dict, cfg: DataConfig, tokenizer_fingerprint: str,
+def check_manifest(name: str, split: str, manifest: dict, cfg: StreamingDataConfig, tokenizer_fingerprint: str,
                    vocab_size: int) -> None:
     """Refuse shards converted with another tokenizer, vocabulary or sequence length."""
     expected = {
@@ -167,7 +175,7 @@ def _write_decompressed(zipped: Path, compression: str, raw: Path) -> None:
     os.replace(tmp.name, raw)
 
 
-def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> DataInfo:
+def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")) -> DataInfo:
     """Load the tokenizer and check every stream's manifests (and local shards) before anything heavy.
 
     Shards are hashed by local rank 0 only: the ranks of a node read the same files.
@@ -194,10 +202,27 @@ def prepare(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val")) -> Data
             manifests[(name, split)] = manifest
     if "val" in splits and not any(split == "val" for _, split in manifests):
         raise DataError("no stream has val samples; reconvert with a larger --val-fraction")
-    return DataInfo(tokenizer, tokenizer_fingerprint, manifests)
+    labels = label_vocabulary(manifests) if isinstance(cfg, ClassificationDataConfig) else None
+    return DataInfo(tokenizer, tokenizer_fingerprint, manifests, labels)
 
 
-def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: int, seed: int) -> StreamingDataLoader:
+def label_vocabulary(manifests: dict[tuple[str, str], dict]) -> list[str]:
+    """The labels every labelled stream shares (a sample's label is an index into them), or a ``DataError``."""
+    vocabularies = {}
+    for (name, split), manifest in manifests.items():
+        if "labels" not in manifest:
+            raise DataError(f"stream {name!r} ({split}) holds no labels: a classifier trains on labelled shards; "
+                            "convert them with perceiver-convert labelled (or rotten-tomatoes, bbc-news)")
+        vocabularies[f"{name} ({split})"] = manifest["labels"]
+    distinct = {tuple(labels) for labels in vocabularies.values()}
+    if len(distinct) > 1:
+        raise DataError("the streams have different labels: " + "; ".join(
+            f"{where}: {labels}" for where, labels in vocabularies.items()) + "; convert them with the same --labels")
+    return list(distinct.pop())
+
+
+def build_dataloader(cfg: StreamingDataConfig, info: DataInfo, split: str, batch_size: int,
+                     seed: int) -> StreamingDataLoader:
     """A loader over ``split`` of every stream; ``batch_size`` is per device and also the dataset's.
 
     With more than one rank, torch.distributed must be initialized first (see ``shared_memory_registration``).
@@ -218,10 +243,13 @@ def build_dataloader(cfg: DataConfig, info: DataInfo, split: str, batch_size: in
             download_timeout=cfg.download_timeout, validate_hash=cfg.validate_hash,
         )
     tokenizer = info.tokenizer
-    collator = MLMCollator(
-        cfg.masking_config(), tokenizer.mask_token_id, tokenizer.all_special_ids, len(tokenizer),
-        seed=seed if cfg.masking_seed is None else cfg.masking_seed,
-    )
+    if isinstance(cfg, ClassificationDataConfig):
+        collator = ClassificationCollator()
+    else:
+        collator = MLMCollator(
+            cfg.masking_config(), tokenizer.mask_token_id, tokenizer.all_special_ids, len(tokenizer),
+            seed=seed if cfg.masking_seed is None else cfg.masking_seed,
+        )
     workers = cfg.num_workers
     return StreamingDataLoader(
         dataset, batch_size=batch_size, collate_fn=collator, num_workers=workers, drop_last=train,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perceiver_stream.model.config import PerceiverMLMConfig
+from perceiver_stream.model.config import PerceiverConfig, PerceiverMLMConfig
 
 
 def _attention_layer_macs(nq: float, nkv: int, cq: int, ckv: int, qk: int, v: int, widening: int) -> float:
@@ -11,6 +11,21 @@ def _attention_layer_macs(nq: float, nkv: int, cq: int, ckv: int, qk: int, v: in
     attention = nq * nkv * (qk + v)
     mlp = 2 * nq * cq * cq * widening
     return projections + attention + mlp
+
+
+def _encoder_macs(config: PerceiverConfig, seq_len: int) -> float:
+    """Multiply-accumulates of one sample through the encoder's cross-attention and self-attention layers."""
+    enc = config.encoder
+    n, d, c = config.num_latents, config.num_latent_channels, enc.num_input_channels
+    cross_qk = enc.num_cross_attention_qk_channels or d
+    self_qk = enc.num_self_attention_qk_channels or d
+    macs = _attention_layer_macs(
+        n, seq_len, d, c, cross_qk, enc.num_cross_attention_v_channels or cross_qk,
+        enc.cross_attention_widening_factor,
+    )
+    return macs + enc.num_self_attention_blocks * enc.num_self_attention_layers_per_block * _attention_layer_macs(
+        n, n, d, d, self_qk, enc.num_self_attention_v_channels or self_qk, enc.self_attention_widening_factor
+    )
 
 
 def training_flops(
@@ -33,21 +48,25 @@ def training_flops(
     except those in P, so the batch total is ``batch_size`` times a sample with ``P / batch_size`` labels.
     """
     decoded = (num_predicted if num_decoded is None else num_decoded) / batch_size
-    enc, dec = config.encoder, config.decoder
-    n, d, c = config.num_latents, config.num_latent_channels, enc.num_input_channels
-    cross_qk = enc.num_cross_attention_qk_channels or d
-    self_qk = enc.num_self_attention_qk_channels or d
+    dec = config.decoder
+    n, d, c = config.num_latents, config.num_latent_channels, config.encoder.num_input_channels
     dec_qk = dec.num_cross_attention_qk_channels or c
-    macs = _attention_layer_macs(
-        n, seq_len, d, c, cross_qk, enc.num_cross_attention_v_channels or cross_qk,
-        enc.cross_attention_widening_factor,
-    )
-    macs += enc.num_self_attention_blocks * enc.num_self_attention_layers_per_block * _attention_layer_macs(
-        n, n, d, d, self_qk, enc.num_self_attention_v_channels or self_qk, enc.self_attention_widening_factor
-    )
+    macs = _encoder_macs(config, seq_len)
     macs += _attention_layer_macs(
         decoded, n, c, d, dec_qk, dec.num_cross_attention_v_channels or dec_qk,
         dec.cross_attention_widening_factor,
     )
     macs += num_predicted / batch_size * c * config.vocab_size
     return round(6 * macs * batch_size)
+
+
+def classifier_training_flops(config: PerceiverConfig, batch_size: int, seq_len: int, *,
+                              frozen_encoder: bool = False) -> int:
+    """Training FLOPs of a classifier's batch: the encoder as in ``training_flops`` (forward only, ``2 * MACs``,
+    when frozen: no backward runs through it), and the classification decoder's one query
+    (``_attention_layer_macs`` with one query of the latent width) plus its linear layer."""
+    dec, d = config.decoder, config.num_latent_channels
+    dec_qk = dec.num_cross_attention_qk_channels or d
+    decoder = _attention_layer_macs(1, config.num_latents, d, d, dec_qk, dec.num_cross_attention_v_channels or dec_qk,
+                                    dec.cross_attention_widening_factor) + d * (config.num_classes or 2)
+    return round(((2 if frozen_encoder else 6) * _encoder_macs(config, seq_len) + 6 * decoder) * batch_size)

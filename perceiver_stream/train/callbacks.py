@@ -147,15 +147,17 @@ class CheckpointDigests(Callback):
 
 
 class RunDescription(Callback):
-    """Stores in every checkpoint the resolved run configuration and the tokenizer's fingerprint, so that a
-    checkpoint can be exported (``perceiver-export``) without the yaml and overrides it was trained with."""
+    """Stores in every checkpoint the resolved run configuration, the tokenizer's fingerprint and a classifier's
+    label names, so that a checkpoint can be exported (``perceiver-export``) or fine-tuned without the yaml and
+    overrides it was trained with (``perceiver_stream.checkpoint``)."""
 
-    def __init__(self, config: dict, tokenizer_fingerprint: str):
+    def __init__(self, config: dict, tokenizer_fingerprint: str, labels: list[str] | None = None):
         self.config = config
         self.tokenizer_fingerprint = tokenizer_fingerprint
+        self.labels = labels
 
     def state_dict(self) -> dict:
-        return {"config": self.config, "tokenizer_fingerprint": self.tokenizer_fingerprint}
+        return {"config": self.config, "tokenizer_fingerprint": self.tokenizer_fingerprint, "labels": self.labels}
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run describes itself by its own settings (the guard checks the ones that must match)."""

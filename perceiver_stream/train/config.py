@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from perceiver_stream.config import ConfigError
-from perceiver_stream.data.config import DataConfig
-from perceiver_stream.model.config import PerceiverMLMConfig
+from perceiver_stream.config import ConfigError, build
+from perceiver_stream.data.config import ClassificationDataConfig, DataConfig
+from perceiver_stream.model.config import PerceiverClassifierConfig, PerceiverMLMConfig
 from perceiver_stream.optim.build import OptimizerConfig
 
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
@@ -119,10 +119,16 @@ class CallbackSettings:
 
 @dataclass
 class TrainConfig:
-    """One training run. Trainer settings use Composer's names (as llm-foundry does)."""
+    """One training run. Trainer settings use Composer's names (as llm-foundry does).
+
+    Attributes:
+        task: ``mlm`` (pretraining, this class) or ``classification`` (``ClassifierTrainConfig``): which model and
+            data the ``model:`` and ``data:`` sections describe.
+    """
 
     model: PerceiverMLMConfig
     data: DataConfig
+    task: str = "mlm"
     run_name: str = "perceiver-mlm"
     seed: int = 17
     max_duration: str = "500000ba"
@@ -150,6 +156,8 @@ class TrainConfig:
     dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
+        if TASKS.get(self.task) is not type(self):
+            raise ValueError(f"task={self.task!r} does not describe this configuration")
         for key in ("global_train_batch_size", "device_train_microbatch_size", "device_eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)}: must be at least 1")
@@ -160,6 +168,27 @@ class TrainConfig:
         if self.model.max_seq_len < self.data.max_seq_len:
             raise ValueError(f"model.max_seq_len={self.model.max_seq_len} is smaller than "
                              f"data.max_seq_len={self.data.max_seq_len}")
+
+
+@dataclass
+class ClassifierTrainConfig(TrainConfig):
+    """Fine-tuning a classifier (``task: classification``): the same trainer settings, a classifier's ``model:``
+    (``PerceiverClassifierConfig``) and labelled shards in ``data:`` (``ClassificationDataConfig``)."""
+
+    model: PerceiverClassifierConfig
+    data: ClassificationDataConfig
+    task: str = "classification"
+
+
+TASKS: dict[str, type[TrainConfig]] = {"mlm": TrainConfig, "classification": ClassifierTrainConfig}
+
+
+def build_train_config(data: dict) -> TrainConfig:
+    """The run configuration of a loaded yaml (``perceiver_stream.config.load``), of the class its ``task`` names."""
+    task = data.get("task", "mlm")
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r}: expected one of {', '.join(TASKS)}")
+    return build(TASKS[task], data)
 
 
 @dataclass

@@ -3,29 +3,50 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from perceiver_stream.data.format import MANIFEST
 from perceiver_stream.model import PerceiverMLM
-from perceiver_stream.model.flops import training_flops
-from perceiver_stream.train.config import TrainConfig, batch_plan
+from perceiver_stream.model.classifier import PerceiverClassifier
+from perceiver_stream.model.flops import classifier_training_flops, training_flops
+from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, batch_plan
+
+
+def label_names(cfg: ClassifierTrainConfig) -> list[str]:
+    """The labels of the first labelled stream whose manifest is here (none yet: [])."""
+    for stream in cfg.data.streams.values():
+        path = Path(stream.local) / "train" / MANIFEST
+        if path.exists():
+            return json.loads(path.read_text()).get("labels", [])
+    return []
 
 
 def summary(cfg: TrainConfig, world_size: int) -> str:
-    with torch.device("meta"):
-        parameters = sum(p.numel() for p in PerceiverMLM(cfg.model).parameters())
     seq = cfg.data.max_seq_len
-    predicted = round(cfg.data.mask_prob * seq)
-    flops = training_flops(cfg.model, 1, seq, predicted)
+    if isinstance(cfg, ClassifierTrainConfig):
+        classes = cfg.model.num_classes or len(label_names(cfg)) or 2
+        model_cfg = replace(cfg.model, num_classes=classes)
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in PerceiverClassifier(model_cfg).parameters())
+        flops = classifier_training_flops(model_cfg, 1, seq, frozen_encoder=cfg.model.freeze_encoder)
+        work = f"{classes} classes, encoder {'frozen' if cfg.model.freeze_encoder else 'trained'}, from " \
+               f"{cfg.model.encoder_from or 'a fresh initialisation'}"
+    else:
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in PerceiverMLM(cfg.model).parameters())
+        predicted = round(cfg.data.mask_prob * seq)
+        flops = training_flops(cfg.model, 1, seq, predicted)
+        work = f"~{predicted} masked tokens decoded"
     plan = batch_plan(cfg, world_size)
     lines = [
         f"run {cfg.run_name}: {cfg.max_duration}, precision {cfg.precision}, seed {cfg.seed}",
         f"model: {parameters:,} parameters; {cfg.model.num_latents} latents x {cfg.model.num_latent_channels}, "
         f"{cfg.model.encoder.num_self_attention_layers_per_block * cfg.model.encoder.num_self_attention_blocks} "
         f"latent layers, input {seq} x {cfg.model.encoder.num_input_channels}, vocab {cfg.model.vocab_size:,}",
-        f"training FLOPs per sample: {flops:.4g} (seq {seq}, ~{predicted} masked tokens decoded)",
+        f"training FLOPs per sample: {flops:.4g} (seq {seq}, {work})",
         f"batch plan: {plan.devices} device(s) x {plan.device_batch_size} per device = "
         f"{cfg.global_train_batch_size} global; micro-batch {plan.microbatch_size}, "
         f"{plan.accumulation_steps} accumulation step(s)",

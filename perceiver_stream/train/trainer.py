@@ -1,4 +1,5 @@
-"""Build a Composer ``Trainer`` from a ``TrainConfig``: model, data, Lamb, schedule, parallelism, loggers."""
+"""Build a Composer ``Trainer`` from a ``TrainConfig``: model (MLM or classifier), data, Lamb, schedule,
+parallelism, loggers."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 from composer.core import DataSpec, Evaluator
 from composer.loggers import TensorboardLogger, WandBLogger
+from composer.models import ComposerModel
 from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config, FSDPConfig
 
 from perceiver_stream.config import ConfigError, to_dict
-from perceiver_stream.data import DataInfo, build_dataloader, prepare
+from perceiver_stream.data import DataConfig, DataInfo, build_dataloader, prepare
+from perceiver_stream.data.classification import count_samples
 from perceiver_stream.data.masking import count_tokens
+from perceiver_stream.model.composer_classifier import ComposerPerceiverClassifier
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
 from perceiver_stream.train.callbacks import (
@@ -30,7 +34,8 @@ from perceiver_stream.train.callbacks import (
     SampleLog,
     StopOnNonFiniteLoss,
 )
-from perceiver_stream.train.config import TrainConfig, batch_plan
+from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, batch_plan
+from perceiver_stream.train.finetune import initial_classifier
 from perceiver_stream.train.resume import repair_latest
 
 log = logging.getLogger(__name__)
@@ -128,10 +133,9 @@ def run_record(cfg: TrainConfig, info: DataInfo) -> dict:
 def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
     """What must not change between restarts for a resumed run to continue exactly (see README)."""
     data = cfg.data
-    return {
+    settings = {
         "global_train_batch_size": cfg.global_train_batch_size,
         "seed": cfg.seed,
-        "data.masking_seed": data.masking_seed,
         "data.shuffle": data.shuffle,
         "data.shuffle_algo": data.shuffle_algo,
         "data.shuffle_seed": data.shuffle_seed,
@@ -139,17 +143,21 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
         "data.num_canonical_nodes": data.num_canonical_nodes,
         "data.epoch_size": data.epoch_size,
         "data.max_seq_len": data.max_seq_len,
-        "data.masking": [data.masking, data.mask_prob, data.mask_replace_prob, data.random_replace_prob],
         "data.streams": {name: s.proportion for name, s in data.streams.items()},
         "tokenizer fingerprint": info.tokenizer_fingerprint,
     }
+    if isinstance(data, DataConfig):
+        settings["data.masking_seed"] = data.masking_seed
+        settings["data.masking"] = [data.masking, data.mask_prob, data.mask_replace_prob, data.random_replace_prob]
+    return settings
 
 
 def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
-                 OptimizerMonitor(), FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences),
-                 ResumeGuard(resume_settings(cfg, info)), RunDescription(to_dict(cfg), info.tokenizer_fingerprint),
-                 StopOnNonFiniteLoss()]
+                 OptimizerMonitor(), ResumeGuard(resume_settings(cfg, info)),
+                 RunDescription(to_dict(cfg), info.tokenizer_fingerprint, info.labels), StopOnNonFiniteLoss()]
+    if not isinstance(cfg, ClassifierTrainConfig):
+        callbacks.append(FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences))
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
     if (folder := local_save_folder(cfg)) is not None:
@@ -157,6 +165,15 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     if cfg.callbacks.sample_log:
         callbacks.append(SampleLog(cfg.callbacks.sample_log))
     return callbacks
+
+
+def build_model(cfg: TrainConfig, info: DataInfo, *, wrap_activation_checkpointing: bool) -> ComposerModel:
+    """The MLM, or for ``task: classification`` the classifier as ``model.encoder_from`` starts it."""
+    if isinstance(cfg, ClassifierTrainConfig):
+        classifier = initial_classifier(cfg.model, len(info.labels), info.tokenizer_fingerprint)
+        return ComposerPerceiverClassifier(classifier, wrap_activation_checkpointing=wrap_activation_checkpointing)
+    return ComposerPerceiverMLM(cfg.model, mask_token_id=info.tokenizer.mask_token_id,
+                                wrap_activation_checkpointing=wrap_activation_checkpointing)
 
 
 def build_trainer(cfg: TrainConfig) -> Trainer:
@@ -180,24 +197,23 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
 
     fsdp = cfg.parallelism.fsdp
     reproducibility.seed_all(cfg.seed)  # the initial weights are a function of the seed too
-    model = ComposerPerceiverMLM(cfg.model, mask_token_id=info.tokenizer.mask_token_id,
-                                 wrap_activation_checkpointing=fsdp is None)
+    model = build_model(cfg, info, wrap_activation_checkpointing=fsdp is None)
     process_group = "world" if fsdp is not None and fsdp.version == 1 else None
     optimizer = build_optimizer(model, cfg.optimizer, process_group=process_group)
     if cfg.scheduler.name == "constant_with_warmup":
         scheduler = ConstantWithWarmupScheduler(t_warmup=cfg.scheduler.t_warmup)
     else:
         scheduler = CosineAnnealingWithWarmupScheduler(t_warmup=cfg.scheduler.t_warmup, alpha_f=cfg.scheduler.alpha_f)
+    classifier = isinstance(cfg, ClassifierTrainConfig)
     algorithms = [] if cfg.grad_clip_norm is None else [
         GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)]
     trainer = Trainer(
         run_name=cfg.run_name,
         model=model,
-        train_dataloader=DataSpec(train_loader, get_num_tokens_in_batch=count_tokens),
-        accumulate_train_batch_on_tokens=True,  # the loss is the mean over the global batch's labelled tokens
-        eval_dataloader=Evaluator(label="eval", dataloader=eval_loader,
-                                  metric_names=["MaskedAccuracy", "LanguageCrossEntropy", "MaskTokenAccuracy",
-                                                "MaskTokenUnigramAccuracy"]),
+        train_dataloader=DataSpec(train_loader, get_num_tokens_in_batch=count_samples if classifier else count_tokens),
+        # the MLM's loss is the mean over the global batch's labelled tokens, a classifier's over its samples
+        accumulate_train_batch_on_tokens=not classifier,
+        eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(model.get_metrics())),
         eval_interval=cfg.eval_interval,
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         optimizers=optimizer,
