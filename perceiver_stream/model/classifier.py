@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from perceiver_stream.model.config import PerceiverClassifierConfig, mlm_config_for
-from perceiver_stream.model.mlm import PerceiverEncoder, PerceiverMLM, TextInputAdapter
+from perceiver_stream.model.mlm import PerceiverMLM
 from perceiver_stream.model.modules import CrossAttentionLayer
 
 ENCODER_PREFIXES = ("input_adapter.", "encoder.")  # the parameters an encoder checkpoint provides
@@ -53,15 +53,15 @@ class PerceiverClassifier(nn.Module):
         if config.num_classes is None:
             raise ValueError("model.num_classes is not set (the trainer takes it from the shards' manifest)")
         self.config = config
-        self.input_adapter = TextInputAdapter(config.vocab_size, config.max_seq_len, config.encoder.num_input_channels)
-        self.encoder = PerceiverEncoder(config)
+        mlm = PerceiverMLM(mlm_config_for(config))  # first: with the same seed, the MLM a pretraining run starts from
+        self.input_adapter = mlm.input_adapter
+        self.encoder = mlm.encoder
         self.decoder = ClassificationDecoder(config, config.num_classes)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        mlm = PerceiverMLM(mlm_config_for(self.config))
-        self.load_state_dict(encoder_state(mlm.state_dict()), strict=False)
+        """The decoder's initialisation (the input adapter and encoder keep the fresh MLM's)."""
         std = self.config.init_scale
         for module in self.decoder.modules():
             if isinstance(module, nn.Linear):
