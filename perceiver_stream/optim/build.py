@@ -23,6 +23,11 @@ class OptimizerConfig:
         clamp_value, adam, debias: Lamb only (see ``Lamb``).
         no_weight_decay: regular expressions; a parameter whose name matches one gets no weight decay.
             Parameters with fewer than 2 dimensions (biases, LayerNorm) never get any.
+        adam_params: Lamb only: regular expressions; a parameter whose name matches one takes Adam's per-element
+            update (trust ratio 1) at ``adam_lr`` instead of Lamb's layer-wise one (README, "Learning": the token
+            embedding, whose rows are each a few tokens' alone, barely moves under one trust ratio for the whole
+            matrix).
+        adam_lr: the learning rate of ``adam_params`` (None: ``lr``).
     """
 
     name: str = "lamb"
@@ -34,6 +39,8 @@ class OptimizerConfig:
     adam: bool = False
     debias: bool = False
     no_weight_decay: list[str] = field(default_factory=lambda: list(NO_DECAY_PATTERNS))
+    adam_params: list[str] = field(default_factory=list)
+    adam_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in ("lamb", "adamw"):
@@ -46,6 +53,11 @@ class OptimizerConfig:
                                  f"{'positive' if key == 'lr' else 'at least 0'}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optimizer.betas={self.betas}: expected two values in [0, 1)")
+        if self.adam_lr is not None and self.adam_lr <= 0:
+            raise ValueError(f"optimizer.adam_lr={self.adam_lr}: must be positive")
+        if self.adam_params and self.name != "lamb":
+            raise ValueError(f"optimizer.adam_params applies to Lamb; optimizer.name={self.name!r} updates every "
+                             "parameter the same way")
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_weight_decay: list[str]) -> list[dict]:
@@ -70,10 +82,27 @@ def param_groups(model: nn.Module, weight_decay: float, no_weight_decay: list[st
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def adam_groups(model: nn.Module, groups: list[dict], patterns: list[str], lr: float) -> list[dict]:
+    """``groups`` with the parameters whose names match ``patterns`` moved into groups of their own that take
+    Adam's update at ``lr`` (their weight decay kept); empty groups dropped."""
+    matching = [re.compile(p) for p in patterns]
+    adam = {id(param) for name, param in model.named_parameters() if any(p.search(name) for p in matching)}
+    split = []
+    for group in groups:
+        rest = [param for param in group["params"] if id(param) not in adam]
+        moved = [param for param in group["params"] if id(param) in adam]
+        split.append({**group, "params": rest})
+        if moved:
+            split.append({**group, "params": moved, "adam": True, "lr": lr})
+    return [group for group in split if group["params"]]
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig,
                     process_group: dist.ProcessGroup | str | None = None) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.no_weight_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.adam_params:
+        groups = adam_groups(model, groups, cfg.adam_params, cfg.lr if cfg.adam_lr is None else cfg.adam_lr)
     return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, clamp_value=cfg.clamp_value, adam=cfg.adam,
                 debias=cfg.debias, process_group=process_group)

@@ -141,3 +141,32 @@ def test_build_optimizer_from_config():
     assert optimizer.param_groups[0]["lr"] == 0.00125
     with pytest.raises(ValueError, match="optimizer.name='sgd'"):
         OptimizerConfig(name="sgd")
+
+
+def test_adam_params_take_adams_update_at_their_own_rate():
+    """``optimizer.adam_params``: the token embedding steps by Adam's rule (trust ratio 1) at ``adam_lr``; every
+    other parameter by Lamb's, exactly as without the key."""
+    torch.manual_seed(0)
+    model, reference = PerceiverMLM(small_config()), PerceiverMLM(small_config())
+    reference.load_state_dict(model.state_dict())
+    config = OptimizerConfig(lr=0.01, weight_decay=0.01, adam_params=["token_embedding"], adam_lr=0.002)
+    optimizer = build_optimizer(model, config)
+    reference_optimizer = build_optimizer(reference, OptimizerConfig(lr=0.01, weight_decay=0.01))
+    assert [(g["adam"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        (False, 0.01, 0.01), (True, 0.002, 0.01), (False, 0.01, 0.0)]
+    embedding = model.input_adapter.token_embedding.weight
+    before = embedding.detach().clone()
+    for m, opt in ((model, optimizer), (reference, reference_optimizer)):
+        torch.manual_seed(1)
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    grad = embedding.grad
+    beta1, beta2 = config.betas
+    update = (1 - beta1) * grad / (((1 - beta2) * grad.square()).sqrt() + config.eps) + 0.01 * before
+    torch.testing.assert_close(embedding.detach(), before - 0.002 * update, rtol=1e-6, atol=1e-7)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if "token_embedding" not in name:
+            assert torch.equal(p, q), name
+    with pytest.raises(ValueError, match="optimizer.adam_params applies to Lamb"):
+        OptimizerConfig(name="adamw", adam_params=["token_embedding"])
