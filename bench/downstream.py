@@ -22,7 +22,7 @@ Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours
 ``rt_majority``, ``bbc_majority``, ``mask_accuracy_{ours,bert}``, ``unigram_accuracy``, ``pretrain_batches_*``,
 ``pretrain_minutes``, ``finetune_minutes`` and each run's accuracy per epoch.
 
-    python bench/downstream.py [--minutes 10] [--equal-steps N] [--epochs-full 3] [--tasks rt,bbc]
+    python bench/downstream.py [--minutes 10] [--equal-steps N] [--epochs-full rt=2,bbc=5] [--tasks rt,bbc]
 """
 
 from __future__ import annotations
@@ -286,10 +286,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of ours' pretraining")
     parser.add_argument("--bert-lr", type=float, default=1e-3, help="BERT-mini's pretraining learning rate")
     parser.add_argument("--tasks", default="rt,bbc")
-    parser.add_argument("--epochs-probe", type=int, default=10)
-    parser.add_argument("--epochs-full", type=int, default=3)
+    parser.add_argument("--epochs-probe", type=int, default=10, help="epochs of probe training (cached features)")
+    parser.add_argument("--epochs-full", default="rt=2,bbc=5", help="epochs of full fine-tuning per task")
     parser.add_argument("--lr-probe", type=float, default=1e-3)
-    parser.add_argument("--lr-full", type=float, default=3e-4)
+    parser.add_argument("--lr-full", type=float, default=1e-3)
     parser.add_argument("--eval-samples", type=int, default=1024, help="held-out pretraining samples per corpus")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
@@ -316,15 +316,16 @@ def main() -> None:
     pretrain_minutes = (time.perf_counter() - start) / 60
 
     start = time.perf_counter()
-    recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe), "full": Recipe(args.epochs_full, args.lr_full)}
-    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set,
-              "recipes": {k: vars(v) for k, v in recipes.items()},
+    epochs_full = {task: int(n) for task, n in (item.split("=") for item in args.epochs_full.split(","))}
+    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "recipes": {},
               "mask_accuracy_ours": round(mean(ours["accuracy"]), 4),
               "mask_accuracy_bert": round(mean(bert["accuracy"]), 4),
               "unigram_accuracy": round(mean(scorer.unigram), 4),
               "pretrain_batches_ours": ours["batches"], "pretrain_batches_bert": bert["batches"], "curves": {}}
     for task, (train, val, labels) in tasks.items():
         classes = len(labels)
+        recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe), "full": Recipe(epochs_full[task], args.lr_full)}
+        result["recipes"][task] = {mode: vars(recipe) for mode, recipe in recipes.items()}
         result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
         floor = bag_of_pieces(train, val, len(tokenizer), classes)
         result[f"{task}_bag_of_pieces"] = round(floor["accuracy"], 4)
