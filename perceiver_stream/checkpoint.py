@@ -7,6 +7,8 @@ the tokenizer's fingerprint and, for a classifier, its label names (``RunDescrip
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,14 @@ class CheckpointError(ValueError):
 
 @dataclass
 class RecordedRun:
-    """What a checkpoint records about the run that wrote it (None where it predates the record)."""
+    """What a checkpoint records about the run that wrote it (None where it predates the record): the resolved
+    configuration, the tokenizer's fingerprint and files (what ``save_pretrained`` writes, by file name), and a
+    classifier's label names."""
 
     config: dict[str, Any] | None
     tokenizer_fingerprint: str | None
     labels: list[str] | None
+    tokenizer_files: dict[str, bytes] | None = None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -64,7 +69,24 @@ def recorded_run(state: dict[str, Any]) -> RecordedRun:
     description = state.get("callbacks", {}).get(DESCRIPTION)
     if description is None:
         return RecordedRun(None, None, None)
-    return RecordedRun(description["config"], description["tokenizer_fingerprint"], description.get("labels"))
+    return RecordedRun(description["config"], description["tokenizer_fingerprint"], description.get("labels"),
+                       description.get("tokenizer_files"))
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """A tokenizer's ``save_pretrained`` files by name: a few MB that make a checkpoint usable on any machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {path.name: path.read_bytes() for path in sorted(Path(tmp).iterdir()) if path.is_file()}
+
+
+@contextmanager
+def stored_tokenizer(files: dict[str, bytes]) -> Iterator[str]:
+    """A directory holding a checkpoint's tokenizer files, for ``from_pretrained``, while the block runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / Path(name).name).write_bytes(data)
+        yield tmp
 
 
 def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:

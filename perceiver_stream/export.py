@@ -4,15 +4,17 @@ for a pretraining checkpoint, ``PerceiverForSequenceClassification`` (with its l
     perceiver-export CHECKPOINT --out DIR [--config YAML] [key=value ...]
 
 CHECKPOINT is a full checkpoint file (``.../latest-rank0.pt``) or a sharded one (the directory FSDP writes).
-Every checkpoint carries the resolved run configuration and the tokenizer's fingerprint (``RunDescription``),
-so the checkpoint alone is enough; ``--config`` and ``key=value`` override that configuration (for example
-``data.tokenizer=DIR`` when the tokenizer lives elsewhere on this machine). ``transformers.pipeline("fill-mask",
-model=DIR)`` (or ``"text-classification"``) then works on the output.
+Every checkpoint carries the resolved run configuration and the tokenizer, its files and fingerprint
+(``RunDescription``), so the checkpoint alone is enough, from any directory on any machine; ``--config`` and
+``key=value`` override that configuration (``data.tokenizer=DIR`` loads the tokenizer from there, still checked
+against the recorded fingerprint). ``transformers.pipeline("fill-mask", model=DIR)`` (or
+``"text-classification"``) then works on the output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +22,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from perceiver_stream.checkpoint import CheckpointError, load_weights, model_weights, read_checkpoint, recorded_run
+from perceiver_stream.checkpoint import (
+    CheckpointError,
+    load_weights,
+    model_weights,
+    read_checkpoint,
+    recorded_run,
+    stored_tokenizer,
+)
 from perceiver_stream.config import ConfigError, load
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
@@ -63,31 +72,41 @@ def load_checkpoint_model(checkpoint: str | Path, config: PerceiverMLMConfig | P
 def export(checkpoint: str | Path, out: str | Path, *, config: str | None = None,
            overrides: list[str] | None = None) -> Path:
     """Write ``out`` (a ``PerceiverForMaskedLM``, or for a classifier's checkpoint a
-    ``PerceiverForSequenceClassification`` with its label names, and the tokenizer) from ``checkpoint``."""
+    ``PerceiverForSequenceClassification`` with its label names, and the tokenizer) from ``checkpoint``.
+
+    The tokenizer is the one stored in the checkpoint, so the checkpoint alone is enough on any machine; an explicit
+    ``data.tokenizer`` (or ``--config``), and checkpoints written before tokenizers were stored, load it from there.
+    """
+    overrides = list(overrides or [])
     state = read_checkpoint(checkpoint)
-    cfg, trained_fingerprint = run_config(state, checkpoint, config, list(overrides or []))
-    try:
-        # only what the model takes (pipelines pass every model input the tokenizer names)
-        tokenizer = load_tokenizer(cfg.data.tokenizer, model_input_names=["input_ids", "attention_mask"])
-    except TokenizerLoadError as e:
-        raise CheckpointError(f"data.tokenizer={e}; pass data.tokenizer=DIR of the training tokenizer") from None
-    if trained_fingerprint is not None and fingerprint(tokenizer) != trained_fingerprint:
-        raise CheckpointError(f"data.tokenizer={cfg.data.tokenizer!r} is not the tokenizer {checkpoint} was trained "
-                              "with (another fingerprint); pass data.tokenizer=DIR of the training tokenizer")
-    model = load_checkpoint_model(checkpoint, cfg.model, state)
-    try:
-        if isinstance(model, PerceiverClassifier):
-            hf_model = to_hf_classifier(model)
-            labels = recorded_run(state).labels or [f"LABEL_{i}" for i in range(model.config.num_classes)]
-            hf_model.config.id2label = dict(enumerate(labels))
-            hf_model.config.label2id = {label: i for i, label in enumerate(labels)}
-        else:
-            hf_model = to_hf(model)
-    except ValueError as e:
-        raise CheckpointError(f"{checkpoint}: {e}") from None
-    out = Path(out)
-    hf_model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    cfg, trained_fingerprint = run_config(state, checkpoint, config, overrides)
+    stored = recorded_run(state).tokenizer_files
+    explicit = config is not None or any(o.startswith("data.tokenizer=") for o in overrides)
+    with contextlib.ExitStack() as stack:
+        source = cfg.data.tokenizer if explicit or not stored else stack.enter_context(stored_tokenizer(stored))
+        try:
+            # only what the model takes (pipelines pass every model input the tokenizer names)
+            tokenizer = load_tokenizer(source, model_input_names=["input_ids", "attention_mask"])
+        except TokenizerLoadError as e:
+            raise CheckpointError(f"data.tokenizer={e}; pass data.tokenizer=DIR of the training tokenizer") from None
+        if trained_fingerprint is not None and fingerprint(tokenizer) != trained_fingerprint:
+            raise CheckpointError(f"data.tokenizer={cfg.data.tokenizer!r} is not the tokenizer {checkpoint} was "
+                                  "trained with (another fingerprint); pass data.tokenizer=DIR of the training "
+                                  "tokenizer")
+        model = load_checkpoint_model(checkpoint, cfg.model, state)
+        try:
+            if isinstance(model, PerceiverClassifier):
+                hf_model = to_hf_classifier(model)
+                labels = recorded_run(state).labels or [f"LABEL_{i}" for i in range(model.config.num_classes)]
+                hf_model.config.id2label = dict(enumerate(labels))
+                hf_model.config.label2id = {label: i for i, label in enumerate(labels)}
+            else:
+                hf_model = to_hf(model)
+        except ValueError as e:
+            raise CheckpointError(f"{checkpoint}: {e}") from None
+        out = Path(out)
+        hf_model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return out
 
 

@@ -14,7 +14,8 @@ class StreamConfig:
     Attributes:
         local: local directory holding (or caching) the stream's ``train`` and ``val`` splits.
         remote: where the splits live when not local (any streaming remote: a path, ``s3://``, ``gs://``, ...).
-        proportion: share of each training epoch drawn from this stream (None: by size).
+        proportion: share of each training epoch drawn from this stream (None: by size); proportions that do not
+            sum to 1 are normalised (a warning names the shares).
     """
 
     local: str

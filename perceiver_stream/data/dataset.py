@@ -185,6 +185,7 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
     except TokenizerLoadError as e:
         raise DataError(f"data.tokenizer={e}") from None
     tokenizer_fingerprint = fingerprint(tokenizer)
+    check_distinct_streams(cfg)
     manifests = {}
     for name, stream in cfg.streams.items():
         for split in splits:
@@ -204,6 +205,27 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
         raise DataError("no stream has val samples; reconvert with a larger --val-fraction")
     labels = label_vocabulary(manifests) if isinstance(cfg, ClassificationDataConfig) else None
     return DataInfo(tokenizer, tokenizer_fingerprint, manifests, labels)
+
+
+def check_distinct_streams(cfg: StreamingDataConfig) -> None:
+    """Every stream its own directory (streaming refuses to read one twice, with a traceback), and proportions
+    that do not sum to 1 named with the shares streaming normalises them to."""
+    seen: dict[str, str] = {}
+    for name, stream in cfg.streams.items():
+        for where, place in (("local", stream.local), ("remote", stream.remote)):
+            if place is None:
+                continue
+            key = f"{where}:{place.rstrip('/') if '://' in place else os.path.realpath(place)}"
+            if key in seen:
+                raise DataError(f"data.streams.{seen[key]}.{where} and data.streams.{name}.{where} are the same "
+                                f"directory ({place}); give every stream its own")
+            seen[key] = name
+    proportions = {name: stream.proportion for name, stream in cfg.streams.items()}
+    if None not in proportions.values():
+        total = sum(proportions.values())
+        if abs(total - 1.0) > 1e-6:
+            log.warning("data.streams.*.proportion sum to %.4g, not 1; each training epoch draws %s", total,
+                        ", ".join(f"{name} {share / total:.4g}" for name, share in proportions.items()))
 
 
 def label_vocabulary(manifests: dict[tuple[str, str], dict]) -> list[str]:

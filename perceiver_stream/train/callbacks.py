@@ -147,17 +147,20 @@ class CheckpointDigests(Callback):
 
 
 class RunDescription(Callback):
-    """Stores in every checkpoint the resolved run configuration, the tokenizer's fingerprint and a classifier's
-    label names, so that a checkpoint can be exported (``perceiver-export``) or fine-tuned without the yaml and
-    overrides it was trained with (``perceiver_stream.checkpoint``)."""
+    """Stores in every checkpoint the resolved run configuration, the tokenizer's fingerprint and files and a
+    classifier's label names, so that a checkpoint can be exported (``perceiver-export``) or fine-tuned without the
+    yaml, the overrides or the tokenizer it was trained with, on any machine (``perceiver_stream.checkpoint``)."""
 
-    def __init__(self, config: dict, tokenizer_fingerprint: str, labels: list[str] | None = None):
+    def __init__(self, config: dict, tokenizer_fingerprint: str, labels: list[str] | None = None,
+                 tokenizer_files: dict[str, bytes] | None = None):
         self.config = config
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.labels = labels
+        self.tokenizer_files = tokenizer_files
 
     def state_dict(self) -> dict:
-        return {"config": self.config, "tokenizer_fingerprint": self.tokenizer_fingerprint, "labels": self.labels}
+        return {"config": self.config, "tokenizer_fingerprint": self.tokenizer_fingerprint, "labels": self.labels,
+                "tokenizer_files": self.tokenizer_files}
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run describes itself by its own settings (the guard checks the ones that must match)."""

@@ -19,6 +19,7 @@ from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmu
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config, FSDPConfig
 
+from perceiver_stream.checkpoint import tokenizer_files
 from perceiver_stream.config import ConfigError, to_dict
 from perceiver_stream.data import DataConfig, DataInfo, build_dataloader, prepare
 from perceiver_stream.data.classification import count_samples
@@ -155,7 +156,8 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
 def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
                  OptimizerMonitor(), ResumeGuard(resume_settings(cfg, info)),
-                 RunDescription(to_dict(cfg), info.tokenizer_fingerprint, info.labels), StopOnNonFiniteLoss()]
+                 RunDescription(to_dict(cfg), info.tokenizer_fingerprint, info.labels, tokenizer_files(info.tokenizer)),
+                 StopOnNonFiniteLoss()]
     if not isinstance(cfg, ClassifierTrainConfig):
         callbacks.append(FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences))
     if torch.cuda.is_available():

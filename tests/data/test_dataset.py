@@ -117,3 +117,21 @@ def test_val_loader_reads_every_val_sample_in_order(xlnet_shards):
 def test_stream_proportions_all_or_none():
     with pytest.raises(ValueError, match="give every stream a proportion, or none"):
         build(DataConfig, {"streams": {"a": {"local": "x", "proportion": 0.5}, "b": {"local": "y"}}}, "data.")
+
+
+def test_two_streams_in_one_directory_are_named(xlnet_shards):
+    cfg = config(streams={"wikipedia": {"local": str(xlnet_shards)}, "bookcorpus": {"local": f"{xlnet_shards}/"}})
+    with pytest.raises(DataError, match=f"data.streams.wikipedia.local and data.streams.bookcorpus.local are the same "
+                                        f"directory \\({xlnet_shards}/\\); give every stream its own"):
+        prepare(cfg)
+
+
+def test_proportions_that_do_not_sum_to_one_are_named_with_their_shares(xlnet_shards, tmp_path, caplog):
+    copy = tmp_path / "copy"
+    shutil.copytree(xlnet_shards, copy)
+    cfg = config(streams={"wikipedia": {"local": str(xlnet_shards), "proportion": 0.7},
+                          "books": {"local": str(copy), "proportion": 0.7}})
+    with caplog.at_level("WARNING"):
+        prepare(cfg, ("train",))
+    assert "data.streams.*.proportion sum to 1.4, not 1; each training epoch draws wikipedia 0.5, books 0.5" in \
+        caplog.text

@@ -94,3 +94,29 @@ def test_checkpoints_that_cannot_be_exported_are_one_line_errors(checkpoint, tmp
     assert "does not record its run configuration" in error_of(capsys, bare, "--out", out)
     main([str(bare), "--out", str(out), "--config", str(QUICKSTART), *overrides()])  # --config stands in
     assert (out / "config.json").exists()
+
+
+def test_a_checkpoint_carries_its_tokenizer_to_another_machine(tmp_path, monkeypatch):
+    """Trained with a relative data.tokenizer path (as README's commands are), exported from another directory
+    where no such path exists: the tokenizer stored in the checkpoint is used, the same one bit for bit."""
+    from perceiver_stream.checkpoint import tokenizer_files
+
+    relative = "../shared/tokenizers/xlnet-base-cased"
+    assert shared_path("tokenizers/xlnet-base-cased") == (REPO / relative).resolve()
+    cfg = build(TrainConfig, load(QUICKSTART, [f"data.tokenizer={relative}", "model.vocab_size=32000"]))
+    monkeypatch.chdir(REPO)
+    tokenizer = AutoTokenizer.from_pretrained(relative)
+    torch.manual_seed(0)
+    model = ComposerPerceiverMLM(cfg.model, mask_token_id=6)
+    description = {"config": to_dict(cfg), "tokenizer_fingerprint": fingerprint(tokenizer),
+                   "tokenizer_files": tokenizer_files(tokenizer)}
+    path = tmp_path / "ep0-ba10-rank0.pt"
+    torch.save({"state": {"model": model.state_dict(), "callbacks": {"RunDescription": description}}}, path)
+    elsewhere = tmp_path / "laptop"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = export(path, "hf")
+    assert fingerprint(AutoTokenizer.from_pretrained(out)) == fingerprint(tokenizer)
+    assert (out / "spiece.model").exists()
+    with pytest.raises(Exception, match="cannot load a tokenizer"):  # an explicit path is still taken as given
+        export(path, "hf2", overrides=[f"data.tokenizer={relative}"])
