@@ -8,7 +8,9 @@ incomplete ones aside (renamed ``*.incomplete``, never deleted).
 
 A complete file can still hold corrupted bytes (a disk or copy error), which load without complaint and train
 into NaN. So once a checkpoint is written, ``write_digests`` records its xxh64 in ``<checkpoint>.xxh64``; a
-checkpoint whose bytes no longer match is moved aside as ``*.corrupt`` and the previous one resumed instead.
+checkpoint whose bytes no longer match is moved aside as ``*.corrupt`` and the previous one resumed instead. A
+checkpoint the run stopped before recording a digest for is verified by its zip members' CRC-32 (a sharded one,
+which has none, is not trusted).
 """
 
 from __future__ import annotations
@@ -83,9 +85,19 @@ def write_digests(save_folder: str | Path) -> None:
 
 
 def is_intact(path: Path) -> bool:
-    """Whether a checkpoint's bytes match its recorded digest (true when none was recorded yet)."""
+    """Whether a checkpoint's bytes match its recorded digest. One without a digest (the run stopped between writing
+    it and recording its digest) is checked against the CRC-32 every member of a ``torch.save`` zip carries; a
+    sharded checkpoint carries none, so without a digest it is not trusted."""
     record = _digest_file(path)
-    return not record.exists() or record.read_text().strip() == _digest(path)
+    if record.exists():
+        return record.read_text().strip() == _digest(path)
+    if path.is_dir():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
@@ -104,10 +116,16 @@ def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
             os.replace(path, incomplete)
         elif not is_intact(path):
             corrupt = path.with_name(path.name + ".corrupt")
-            log.warning("checkpoint %s does not match the digest recorded when it was written (its bytes changed "
-                        "since); moved to %s, resuming from the previous checkpoint", path, corrupt)
+            if _digest_file(path).exists():
+                log.warning("checkpoint %s does not match the digest recorded when it was written (its bytes changed "
+                            "since); moved to %s, resuming from the previous checkpoint", path, corrupt)
+                os.replace(_digest_file(path), _digest_file(corrupt))
+            else:
+                log.warning("checkpoint %s has no digest (the run stopped before recording it) and %s; moved to %s, "
+                            "resuming from the previous checkpoint", path,
+                            "a sharded checkpoint cannot be verified without one" if path.is_dir() else
+                            "its CRC-32 check fails (its bytes changed since it was written)", corrupt)
             os.replace(path, corrupt)
-            os.replace(_digest_file(path), _digest_file(corrupt))
         else:
             newest = path
             break

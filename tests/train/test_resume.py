@@ -144,7 +144,8 @@ def test_a_resume_with_another_worker_count_across_epoch_boundaries(tiny_shards,
 
 
 @REFERENCE
-@pytest.mark.parametrize("crash", ["during_write", "between_unlink_and_symlink", "bytes_corrupted_later"])
+@pytest.mark.parametrize("crash", ["during_write", "between_unlink_and_symlink", "bytes_corrupted_later",
+                                   "corrupted_before_its_digest"])
 def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards, reference, tmp_path, crash):
     folder = tmp_path / "ckpt"
     folder.mkdir()
@@ -156,7 +157,10 @@ def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards
     if crash == "during_write":  # half of ba20 on disk, latest still at ba10
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
         os.symlink(older.name, folder / "latest-rank0.pt")
-    if crash == "bytes_corrupted_later":  # 4 kB of noise inside the weights: still a valid zip, loads as garbage
+    if crash == "corrupted_before_its_digest":  # killed before the digest was recorded, bytes changed since
+        newest.with_name(newest.name + ".xxh64").unlink()
+    if crash in ("bytes_corrupted_later", "corrupted_before_its_digest"):
+        # 4 kB of noise inside the weights: still a valid zip, loads as garbage
         data = bytearray(newest.read_bytes())
         middle = len(data) // 2
         data[middle:middle + 4096] = random.Random(0).randbytes(4096)
@@ -165,10 +169,13 @@ def test_kill_while_checkpointing_resumes_from_a_complete_checkpoint(tiny_shards
     result = train([TINY, *overrides(tiny_shards, tmp_path)], env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_from = 20 if crash == "between_unlink_and_symlink" else 10
+    corrupted = crash in ("bytes_corrupted_later", "corrupted_before_its_digest")
     assert (f"{newest.name}.incomplete" in os.listdir(folder)) == (crash == "during_write")
-    assert (f"{newest.name}.corrupt" in os.listdir(folder)) == (crash == "bytes_corrupted_later")
+    assert (f"{newest.name}.corrupt" in os.listdir(folder)) == corrupted
     if crash == "bytes_corrupted_later":
         assert "does not match the digest recorded when it was written" in result.stderr
+    if crash == "corrupted_before_its_digest":
+        assert "has no digest (the run stopped before recording it) and its CRC-32 check fails" in result.stderr
     lines = [json.loads(x)["batch"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert lines[BATCHES] == resumed_from + 1  # the first batch run after the restart
     assert_same_run(tmp_path, reference)
