@@ -21,6 +21,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import torch
 import xxhash
 
 from perceiver_stream.digest import update_with_file
@@ -140,3 +141,47 @@ def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
             link.unlink()
         os.symlink(newest.name, link)
     return newest
+
+
+# model.* settings a resumed run may change: they do not shape the weights or what they compute.
+FREE_MODEL_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "encoder.dropout",
+                   "decoder.dropout", "encoder_from", "freeze_encoder")
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recorded_model_settings(checkpoint: Path) -> dict | None:
+    """The ``model:`` section a checkpoint records (None for one that records none). A ``.pt`` file is memory-mapped,
+    so only the small pickled part is read; a sharded checkpoint is gathered (``read_checkpoint``)."""
+    from perceiver_stream.checkpoint import read_checkpoint, recorded_run
+
+    if checkpoint.is_dir():
+        state = read_checkpoint(checkpoint)
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["state"]
+    config = recorded_run(state).config
+    return None if config is None else config.get("model")
+
+
+def check_model_settings(checkpoint: Path, model: dict) -> None:
+    """Refuse to resume ``checkpoint`` with ``model:`` settings that shape the weights differently: Composer would
+    stop inside its loader with a multi-line size mismatch."""
+    recorded = recorded_model_settings(checkpoint)
+    if recorded is None:
+        return
+    found, now = _flat(recorded), _flat(model)
+    differ = [f"model.{key}={found.get(key)!r}, this run has {now.get(key)!r}" for key in sorted(set(found) | set(now))
+              if key not in FREE_MODEL_KEYS and found.get(key) != now.get(key)]
+    if differ:
+        from perceiver_stream.config import ConfigError
+
+        raise ConfigError(f"autoresume: checkpoint {checkpoint.name} was trained with " + "; ".join(differ) +
+                          "; start a new run_name (or save_folder) or restore the settings")

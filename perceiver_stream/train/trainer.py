@@ -37,7 +37,7 @@ from perceiver_stream.train.callbacks import (
 )
 from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, batch_plan
 from perceiver_stream.train.finetune import initial_classifier
-from perceiver_stream.train.resume import repair_latest
+from perceiver_stream.train.resume import check_model_settings, repair_latest
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
     if cfg.autoresume and local_save_folder(cfg) is not None and dist.get_global_rank() == 0:
         # Before dist starts: the other ranks wait for rank 0 in initialize_dist below.
-        repair_latest(local_save_folder(cfg), plan.devices)
+        newest = repair_latest(local_save_folder(cfg), plan.devices)
+        if newest is not None:
+            check_model_settings(newest, to_dict(cfg.model))
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "

@@ -193,6 +193,19 @@ def test_changed_settings_are_refused_on_resume(tiny_shards, reference, tmp_path
     assert "data.shuffle_seed=9176 in the checkpoint but 1 now" in error
 
 
+@REFERENCE
+def test_another_model_shape_is_named_before_loading(tiny_shards, reference, tmp_path):
+    """Not Composer's multi-line size mismatch from inside its loader: the recorded model settings, compared first."""
+    shutil.copytree(reference / "ckpt", tmp_path / "ckpt", symlinks=True)
+    result = train([TINY, *overrides(tiny_shards, tmp_path, **{"model.num_latent_channels": 192,
+                                                                "model.activation_checkpointing": "true"})])
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error == (f"train.py: error: autoresume: checkpoint ep2-ba{BATCHES}-rank0.pt was trained with "
+                     "model.num_latent_channels=128, this run has 192; start a new run_name (or save_folder) or "
+                     "restore the settings")
+
+
 @pytest.fixture(scope="module")
 def ddp_reference(tiny_shards, tmp_path_factory) -> Path:
     """Launched by Composer's launcher (`composer -n 2`), as users run it; the runs compared with it are forked
