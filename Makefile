@@ -39,7 +39,7 @@ gpu-check:
 	$(TEST_ENV) $(GPU_PYTHON) bench/gpu_check.py
 
 quickstart: install
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m perceiver_stream.quickstart
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) quickstart.py
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from convert.hub import HubSpec
-from convert.sources import Source, Stats, expand_inputs
+from convert.input import Stats
+from convert.sources import Source, expand_inputs
 from convert.tokenizer import load_tokenizer
 from convert.writer import Options, convert
 

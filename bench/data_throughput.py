@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
 
-from convert.sources import Source, Stats, expand_inputs
+from convert.input import Stats
+from convert.sources import Source, expand_inputs
 from convert.writer import Options, convert
 from perceiver_stream.config import build
 from perceiver_stream.data import DataConfig, build_dataloader, prepare

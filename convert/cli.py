@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 from convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
+from convert.input import InputError, Stats
 from convert.labelled import TABLE_FORMATS
-from convert.sources import FORMATS, MAX_REPLACED_FRACTION, InputError, Source, Stats, expand_inputs
+from convert.sources import FORMATS, MAX_REPLACED_FRACTION, Source, expand_inputs
 
 DOWNLOADS = Path.home() / ".cache" / "perceiver-stream" / "registry"
 

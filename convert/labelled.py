@@ -25,9 +25,10 @@ import numpy as np
 from streaming import MDSWriter
 
 import perceiver_stream
+from convert.input import InputError, Stats
 from convert.output import check_output, written_atomically
 from convert.packing import token_dtype, tokenize
-from convert.sources import MAX_REPLACED_FRACTION, InputError, Stats, decode, expand_inputs
+from convert.sources import MAX_REPLACED_FRACTION, decode, expand_inputs
 from convert.tokenizer import describe, load_tokenizer, separator_id
 from convert.writer import is_val
 from perceiver_stream.data.format import (

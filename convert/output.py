@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from convert.sources import InputError
+from convert.input import InputError
 from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT, SPLITS
 
 

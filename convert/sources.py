@@ -13,14 +13,12 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import KW_ONLY, dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from convert.hub import HubSpec
+from convert.hub import HubSpec, documents
+from convert.input import InputError, Stats
 
 MAX_REPLACED_FRACTION = 0.001  # default share of a file's bytes that may be undecodable (not UTF-8)
 FORMATS = ("auto", "txt", "jsonl", "parquet", "wikiextractor", "gutenberg", "wikidump")
@@ -32,30 +30,6 @@ _GUTENBERG_END = re.compile(
     r"^(\*\*\*\s*END OF|\*\*\*\s*START\*\*THE SMALL PRINT|End of (the )?Project Gutenberg)",
     re.MULTILINE | re.IGNORECASE,
 )
-
-
-class InputError(ValueError):
-    """Bad input: the message names the file (and line) and what was expected."""
-
-
-@dataclass
-class Stats:
-    """What reading saw: documents skipped by reason, bytes replaced while decoding.
-
-    With ``Source.documents(share=...)`` the reason ``"empty"`` counts only the share's documents; every other
-    count covers all documents, because each share reads them all.
-    """
-
-    skipped: Counter = field(default_factory=Counter)
-    replaced_bytes: int = 0
-    decoded_bytes: Counter = field(default_factory=Counter)  # per file
-    replaced_by_file: Counter = field(default_factory=Counter)
-    not_text_files: list[str] = field(default_factory=list)
-
-    def worst_files(self, max_fraction: float) -> list[tuple[str, float]]:
-        """Files whose share of replaced (undecodable) bytes exceeds ``max_fraction``, worst first."""
-        fractions = {f: n / max(self.decoded_bytes[f], 1) for f, n in self.replaced_by_file.items()}
-        return sorted(((f, x) for f, x in fractions.items() if x > max_fraction), key=lambda fx: -fx[1])
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -311,8 +285,6 @@ class Source:
         """
         k, n = share
         if self.kind == "hub":
-            from convert.hub import documents
-
             hub = self.hub if self.hub_commit is None else replace(self.hub, revision=self.hub_commit)
             raw: Iterator[str] = documents(hub, self.hub_split, self.streaming, self.text_field, share, stats)
             k, n = 0, 1  # already this worker's share

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from convert.sources import InputError
+from convert.input import InputError
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint
 from perceiver_stream.data.tokenizer import load_tokenizer as load_any_tokenizer
 

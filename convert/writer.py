@@ -29,9 +29,10 @@ from streaming.base.util import merge_index
 from tqdm import tqdm
 
 import perceiver_stream
+from convert.input import InputError, Stats
 from convert.output import check_output, written_atomically
 from convert.packing import Packer, token_dtype, tokenize
-from convert.sources import MAX_REPLACED_FRACTION, InputError, Source, Stats
+from convert.sources import MAX_REPLACED_FRACTION, Source
 from convert.tokenizer import describe, load_tokenizer, separator_id
 from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, SPLITS, TYPES_COLUMN
 

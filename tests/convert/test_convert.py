@@ -18,7 +18,8 @@ from streaming import StreamingDataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from convert.cli import main
-from convert.sources import Source, Stats
+from convert.input import Stats
+from convert.sources import Source
 from convert.writer import Options, convert, is_val
 from perceiver_stream.data.format import PADDING, SPECIAL
 from perceiver_stream.data.shared_memory import shared_memory_registration

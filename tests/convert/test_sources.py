@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from convert import sources
-from convert.sources import InputError, Source, Stats, expand_inputs, read_file, sniff_format
+from convert.input import InputError, Stats
+from convert.sources import Source, expand_inputs, read_file, sniff_format
 from tests.conftest import shared_path
 
 BOOK = "\ufeffThe Project Gutenberg eBook of X\r\nLicence blah\r\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\r\n" \

