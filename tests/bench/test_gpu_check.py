@@ -7,7 +7,9 @@ import json
 import sys
 
 import pytest
+from transformers import PerceiverForMaskedLM
 
+from perceiver_stream.model.hf import to_hf_config
 from tests.conftest import REPO, run, shared_path
 
 CHECK = str(REPO / "bench" / "gpu_check.py")
@@ -20,12 +22,17 @@ def test_refuses_without_a_cuda_device():
                                      "section 'GPU'")
 
 
-def test_missing_package_or_corpus_skips_the_part_with_the_reason(tmp_path):
+def import_gpu_check():
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import gpu_check
     finally:
         sys.path.pop(0)
+    return gpu_check
+
+
+def test_missing_package_or_corpus_skips_the_part_with_the_reason(tmp_path):
+    gpu_check = import_gpu_check()
     with pytest.raises(gpu_check.Skip, match="no_such_module_for_the_test does not import .*bench/gpu_wheels.sh"):
         gpu_check.require("json", "no_such_module_for_the_test")
     out = tmp_path / "result.json"
@@ -48,13 +55,26 @@ def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed == json.loads(out.read_text())
     model = printed["model"]
+    gpu_check = import_gpu_check()
+    config = gpu_check.base_config(smoke=True)
+    # what the smoke run can get wrong: the model it built, each figure's arithmetic, the decisions it reports
+    assert model["parameters"] == sum(p.numel() for p in PerceiverForMaskedLM(to_hf_config(config)).parameters())
+    assert model["seq_len"] == config.max_seq_len
     for key in ("ours_no_ac", "ours_ac", "hf_no_ac"):
-        assert model[key]["largest_micro_batch"] == 8  # the smoke run's cap: nothing runs out of memory on a CPU
-        assert model[key]["tokens_per_s"] > 0
+        entry = model[key]
+        assert entry["largest_micro_batch"] in gpu_check.CANDIDATE_BATCHES and entry["micro_batch"] == \
+            entry["largest_micro_batch"]
+        expected = entry["micro_batch"] * model["seq_len"] / entry["step_s"]
+        assert abs(entry["tokens_per_s"] - expected) <= 0.02 * expected, entry  # step_s is rounded to 0.1 ms
+        assert entry["peak_memory_gib"] is None and "mfu" not in entry  # no CUDA: no memory figure, no peak
     assert "skipped" in model["hf_ac"] or model["hf_ac"]["tokens_per_s"] > 0
-    assert model["same_micro_batch"]["micro_batch"] == 8 and model["same_micro_batch"]["ratio"] > 0
-    assert model["blueprint_batch_fits_with_ac"] is False
-    assert printed["lamb"]["speedup"] > 0
+    same = model["same_micro_batch"]
+    assert same["micro_batch"] == model["hf_no_ac"]["largest_micro_batch"]
+    assert same["ratio"] == round(same["ours_tokens_per_s"] / same["hf_tokens_per_s"], 3)
+    assert model["blueprint_batch_fits_with_ac"] == (
+        model["ours_ac"]["largest_micro_batch"] >= gpu_check.BLUEPRINT_DEVICE_BATCH)
+    lamb = printed["lamb"]
+    assert lamb["speedup"] == round(lamb["torch_optimizer_ms"] / lamb["ours_ms"], 2) and lamb["ours_ms"] > 0
     assert printed["train"]["fsdp2"]["tokens_per_s"] > 0, printed["train"]
 
 
