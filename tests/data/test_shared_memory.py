@@ -3,6 +3,7 @@ together on one node register distinct prefixes."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,19 @@ def test_leaked_segments_are_removed_and_live_ones_kept():
             path.unlink()
 
 
-def _register(local: str, start, prefixes) -> None:
+def _register(local: str, start, gate, prefixes) -> None:
+    import streaming.base.dataset as streaming_dataset
+
+    walk = streaming_dataset.get_shm_prefix
+
+    def gated(*args, **kwargs):
+        # Every contender starts streaming's prefix walk at the same moment, unless the registration lock keeps them
+        # apart: then the first waits the timeout out alone and the broken gate lets the others straight through.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            gate.wait(timeout=1.0)
+        return walk(*args, **kwargs)
+
+    streaming_dataset.get_shm_prefix = gated
     start.wait()
     try:
         with shared_memory_registration():
@@ -85,15 +99,17 @@ def _register(local: str, start, prefixes) -> None:
 
 @pytest.mark.skipif(not SHM_DIR.is_dir(), reason="Linux /dev/shm only")
 def test_jobs_starting_together_register_distinct_prefixes(tmp_path):
-    """Without the registration lock, 4 datasets built at the same moment collided in 10 rounds of 10
-    (``FileExistsError: '/000012_locals'``): each walked to the same first unused prefix."""
+    """8 datasets whose prefix walks start at the same moment (a gate right before streaming's walk): without the
+    registration lock several pick the same first unused prefix and die (``FileExistsError: '/000012_locals'``), in
+    the first round of each of 3 tries with the lock taken out."""
     with MDSWriter(out=str(tmp_path), columns={"x": "ndarray:int32"}) as writer:
         for i in range(8):
             writer.write({"x": np.arange(i, i + 4, dtype=np.int32)})
-    context, jobs = multiprocessing.get_context("fork"), 4
+    context, jobs = multiprocessing.get_context("fork"), 8
     for _ in range(3):
-        start, prefixes = context.Barrier(jobs), context.Queue()
-        processes = [context.Process(target=_register, args=(str(tmp_path), start, prefixes)) for _ in range(jobs)]
+        start, gate, prefixes = context.Barrier(jobs), context.Barrier(jobs), context.Queue()
+        processes = [context.Process(target=_register, args=(str(tmp_path), start, gate, prefixes))
+                     for _ in range(jobs)]
         for process in processes:
             process.start()
         results = [prefixes.get(timeout=120) for _ in range(jobs)]
