@@ -34,8 +34,9 @@ STEPS = 20
 # steps of size lr whose sign the noise decides. DDP's sums match one process's micro-batch sums almost bit for
 # bit; FSDP2's do not, hence its looser weight tolerance (all parameters together, relative).
 LR = 0.002
-LOSS_RTOL = 1e-4  # per-batch losses, relative
-WEIGHT_RTOL = {"ddp": 1e-6, "fsdp2": 3e-3, "fsdp2_no_ac": 3e-3}  # ||all weights' difference|| / ||all weights||
+LOSS_RTOL = {"ddp": 1e-6, "fsdp2": 1e-4, "fsdp2_no_ac": 1e-4}  # per-batch losses, relative
+# ||the two runs' final weights' difference|| / ||how far the one-process run moved them||, all weights together
+DIVERGENCE = {"ddp": 1e-4, "fsdp2": 0.05, "fsdp2_no_ac": 0.05}
 
 
 def train_run(processes: int, shards: Path, run_dir: Path, launcher: bool = False, **extra) -> dict[int, dict]:
@@ -55,6 +56,20 @@ def train_run(processes: int, shards: Path, run_dir: Path, launcher: bool = Fals
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run_dir / "ckpt" / f"ep0-ba{STEPS}-rank0.pt", map_location="cpu", weights_only=False)
     return {k.replace("._checkpoint_wrapped_module", ""): v for k, v in state["state"]["model"].items()}
+
+
+def initial_weights(shards: Path, run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights every run starts from: the trainer seeds with ``seed`` right before building the model."""
+    from composer.utils import reproducibility
+
+    from perceiver_stream.config import build, load
+    from perceiver_stream.model.composer_model import ComposerPerceiverMLM
+    from perceiver_stream.train.config import TrainConfig
+
+    cfg = build(TrainConfig, load(TINY, overrides(shards, run_dir)))
+    reproducibility.seed_all(cfg.seed)
+    model = ComposerPerceiverMLM(cfg.model, mask_token_id=6, wrap_activation_checkpointing=False)
+    return {f"model.{k}": v for k, v in model.model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +94,21 @@ def test_two_processes_train_what_one_process_trains(tiny_shards, single, tmp_pa
     for batch in ours:
         assert (sorted(zip(ours[batch]["samples"], ours[batch]["digests"], strict=True))
                 == sorted(zip(theirs[batch]["samples"], theirs[batch]["digests"], strict=True))), batch
-        assert theirs[batch]["loss"] == pytest.approx(ours[batch]["loss"], rel=LOSS_RTOL), batch
     expected, found = final_weights(single), final_weights(tmp_path)
-    assert sorted(expected) == sorted(found)
-    difference = sum(((found[n] - w) ** 2).sum() for n, w in expected.items()).sqrt()
-    assert difference <= WEIGHT_RTOL[parallelism] * sum((w ** 2).sum() for w in expected.values()).sqrt()
-    assert ours[STEPS]["loss"] < ours[1]["loss"] * (1 - 4 * LOSS_RTOL)  # trained: agreeing means something
+    initial = initial_weights(tiny_shards, tmp_path)
+    assert sorted(expected) == sorted(found) == sorted(initial)
+
+    def norm(tensors) -> float:
+        return float(sum((t.double() ** 2).sum() for t in tensors).sqrt())
+
+    moved = norm(expected[n] - initial[n] for n in expected)
+    divergence = norm(found[n] - expected[n] for n in expected)
+    gaps = [abs(theirs[b]["loss"] - ours[b]["loss"]) / ours[b]["loss"] for b in ours]
+    print(f"{parallelism}: losses within {max(gaps):.2e} relative, weights {divergence / moved:.2e} of the distance "
+          f"the one-process run moved them ({moved / norm(initial.values()):.2e} of their norm)")
+    assert max(gaps) <= LOSS_RTOL[parallelism]
+    assert divergence <= DIVERGENCE[parallelism] * moved
+    assert moved > 0.02 * norm(initial.values())  # trained: agreeing means something
 
 
 def test_fsdp2_gradients_and_lamb_steps_are_exact_in_float64(tmp_path):
