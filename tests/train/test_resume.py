@@ -237,12 +237,16 @@ def test_two_process_checkpoint_resumes_on_one_process(tiny_shards, ddp_referenc
     # float32 rounding, not bit for bit (README, "Resumption").
     losses = [(resumed[b]["loss"], expected[b]["loss"]) for b in sorted(resumed)]
     loss_gap = max(abs(a - b) / abs(b) for a, b in losses)
-    final = [torch.load(checkpoint(d, BATCHES), map_location="cpu", weights_only=False)["state"]["model"]
-             for d in (tmp_path, ddp_reference)]
-    weight_gap = max(float((final[0][k] - final[1][k]).norm() / final[1][k].norm().clamp(min=1e-12))
-                     for k in final[1] if final[1][k].is_floating_point())
-    print(f"two ranks resumed on one: losses within {loss_gap:.2e} relative, weights within {weight_gap:.2e}")
-    assert loss_gap < 1e-5 and weight_gap < 1e-3
+    start, ours, theirs = (torch.load(checkpoint(d, batch), map_location="cpu", weights_only=False)["state"]["model"]
+                           for d, batch in ((ddp_reference, 20), (tmp_path, BATCHES), (ddp_reference, BATCHES)))
+
+    def norm(tensors) -> float:
+        return float(sum((t.double() ** 2).sum() for t in tensors).sqrt())
+
+    weight_gap = norm(ours[k] - theirs[k] for k in theirs) / norm(theirs[k] - start[k] for k in theirs)
+    print(f"two ranks resumed on one: losses within {loss_gap:.2e} relative, weights {weight_gap:.2e} of the distance "
+          "the last 10 batches moved them")
+    assert loss_gap < 1e-6 and weight_gap < 1e-4
 
 
 @REFERENCE
