@@ -28,6 +28,10 @@ class OptimizerConfig:
             embedding, whose rows are each a few tokens' alone, barely moves under one trust ratio for the whole
             matrix).
         adam_lr: the learning rate of ``adam_params`` (None: ``lr``).
+        fused: Lamb only: the update as two compiled passes per parameter (``perceiver_stream.optim.fused``;
+            the ``_foreach`` update where ``torch.compile`` does not work on the device). None: on GPUs, where a
+            run repays the compilation; off on CPUs (~15-20 s a process, more than a test run). Not a blueprint
+            key.
     """
 
     name: str = "lamb"
@@ -41,6 +45,7 @@ class OptimizerConfig:
     no_weight_decay: list[str] = field(default_factory=lambda: list(NO_DECAY_PATTERNS))
     adam_params: list[str] = field(default_factory=list)
     adam_lr: float | None = None
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         if self.name not in ("lamb", "adamw"):
@@ -105,4 +110,4 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig,
     if cfg.adam_params:
         groups = adam_groups(model, groups, cfg.adam_params, cfg.lr if cfg.adam_lr is None else cfg.adam_lr)
     return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, clamp_value=cfg.clamp_value, adam=cfg.adam,
-                debias=cfg.debias, process_group=process_group)
+                debias=cfg.debias, process_group=process_group, fused=cfg.fused)

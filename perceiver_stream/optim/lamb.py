@@ -33,6 +33,8 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
+from perceiver_stream.optim import fused as fused_kernels
+
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The part of ``tensor`` this rank holds (a view: in-place updates reach the DTensor)."""
@@ -52,6 +54,9 @@ class Lamb(Optimizer):
         adam: use trust ratio 1 (Adam with the same update), for comparison.
         debias: apply Adam's bias correction.
         process_group: FSDP1 sharding group (or ``"world"``), when parameters are plain-tensor shards.
+        fused: the per-element work as two compiled passes per parameter (``perceiver_stream.optim.fused``)
+            where ``torch.compile`` works on the parameters' device, else the ``_foreach`` update. None: on GPUs
+            only, where a run is long enough to repay the compilation (~15-20 s a process on a CPU).
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class Lamb(Optimizer):
         adam: bool = False,
         debias: bool = False,
         process_group: dist.ProcessGroup | str | None = None,
+        fused: bool | None = None,
     ):
         if lr <= 0.0:
             raise ValueError(f"lr={lr}: must be positive")
@@ -81,6 +87,7 @@ class Lamb(Optimizer):
                         adam=adam, debias=debias)
         super().__init__(params, defaults)
         self.process_group = process_group
+        self.fused = fused
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def _scratch_views(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -149,21 +156,20 @@ class Lamb(Optimizer):
             beta1, beta2 = group["betas"]
 
             torch._foreach_add_(steps, 1.0)
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # beta1 * m + (1 - beta1) * g, one pass
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-            updates = self._scratch_views(local_params)
-            torch._foreach_copy_(updates, exp_avg_sqs)
-            torch._foreach_sqrt_(updates)
-            torch._foreach_add_(updates, group["eps"])
-            torch._foreach_div_(updates, exp_avgs)  # (sqrt(v) + eps) / m, inverted below: m / (sqrt(v) + eps)
-            torch._foreach_reciprocal_(updates)
-            if group["weight_decay"] != 0:
-                torch._foreach_add_(updates, local_params, alpha=group["weight_decay"])
-
             device = local_params[0].device
-            squares = torch.stack([n.to(device) for pair in zip(
-                torch._foreach_norm(local_params), torch._foreach_norm(updates), strict=True) for n in pair]).square()
+            flats = None
+            fused = device.type == "cuda" if self.fused is None else self.fused
+            if fused and fused_kernels.available(device.type):
+                moments, apply = fused_kernels.kernels()
+                flats = [[t.detach().view(-1) for t in tensors]
+                         for tensors in zip(local_params, grads, exp_avgs, exp_avg_sqs, strict=True)]
+                squares = torch.stack([square for p, g, m, v in flats for square in moments(
+                    p, g, m, v, beta1, beta2, group["eps"], group["weight_decay"])])
+            else:
+                updates = self._foreach_updates(local_params, grads, exp_avgs, exp_avg_sqs, group)
+                squares = torch.stack([n.to(device) for pair in zip(
+                    torch._foreach_norm(local_params), torch._foreach_norm(updates), strict=True)
+                    for n in pair]).square()
             if any(sharded):
                 squares = self._all_reduce_squares(squares, sharded, meshes)
             norms = squares.view(-1, 2).sqrt()
@@ -178,5 +184,27 @@ class Lamb(Optimizer):
             else:
                 corrections = [1.0] * len(steps)
             scale = trust * torch.tensor(corrections, device=device, dtype=trust.dtype) * -group["lr"]
-            torch._foreach_addcmul_(local_params, updates, list(scale.to(updates[0].dtype).unbind()))
+            if flats is not None:
+                for (p, _, m, v), factor in zip(flats, scale.to(local_params[0].dtype).unbind(), strict=True):
+                    apply(p, m, v, factor, group["eps"], group["weight_decay"])
+            else:
+                torch._foreach_addcmul_(local_params, updates, list(scale.to(updates[0].dtype).unbind()))
         return loss
+
+    def _foreach_updates(self, local_params: list[torch.Tensor], grads: list[torch.Tensor],
+                         exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], group: dict
+                         ) -> list[torch.Tensor]:
+        """The moments updated in place and the updates ``u`` (in the scratch buffer), a few passes each."""
+        beta1, beta2 = group["betas"]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # beta1 * m + (1 - beta1) * g, one pass
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        updates = self._scratch_views(local_params)
+        torch._foreach_copy_(updates, exp_avg_sqs)
+        torch._foreach_sqrt_(updates)
+        torch._foreach_add_(updates, group["eps"])
+        torch._foreach_div_(updates, exp_avgs)  # (sqrt(v) + eps) / m, inverted below: m / (sqrt(v) + eps)
+        torch._foreach_reciprocal_(updates)
+        if group["weight_decay"] != 0:
+            torch._foreach_add_(updates, local_params, alpha=group["weight_decay"])
+        return updates

@@ -8,7 +8,8 @@ which is what FSDP1 with ``use_orig_params`` hands an optimizer; ``torch_optimiz
 DTensors, whose ``torch.norm`` all-reduces (two blocking collectives per parameter per step).
 ``ours_flat_shards`` is our Lamb with ``process_group="world"`` on FSDP1's layout, written out by hand (torch's
 FSDP1 needs CUDA in Composer): each rank holds a contiguous slice of every flattened parameter, uneven, and for
-some parameters an empty one without a gradient, as FSDP1 leaves it.
+some parameters an empty one without a gradient, as FSDP1 leaves it. ``*_fused``: the same with our Lamb's
+compiled two-pass update, against the single-process run of the ``_foreach`` update.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class LocalShards(torch.optim.Optimizer):
 
 
 def make_optimizer(name: str, params) -> torch.optim.Optimizer:
-    if name == "ours":
-        return Lamb(params, lr=LR, weight_decay=0.01)
+    if name in ("ours", "ours_fused"):
+        return Lamb(params, lr=LR, weight_decay=0.01, fused=name == "ours_fused")
     if name == "torch_optimizer_dtensor":
         return torch_optimizer.Lamb(params, lr=LR, weight_decay=0.01)
     if name == "torch_optimizer_local_shards":
@@ -77,13 +78,13 @@ def flat_bounds(numel: int, index: int, world: int, rank: int) -> tuple[int, int
     return cuts[rank], cuts[rank + 1]
 
 
-def train_flat_shards(inputs: torch.Tensor, targets: torch.Tensor, rank: int, world: int) -> nn.Module:
+def train_flat_shards(inputs: torch.Tensor, targets: torch.Tensor, rank: int, world: int, fused: bool) -> nn.Module:
     """Data-parallel steps where our Lamb updates only this rank's flat slices (FSDP1's reduce-scatter view)."""
     model = make_model()
     params = list(model.parameters())
     bounds = [flat_bounds(p.numel(), i, world, rank) for i, p in enumerate(params)]
     shards = [p.detach().flatten()[a:b].clone() for p, (a, b) in zip(params, bounds, strict=True)]
-    optimizer = Lamb(shards, lr=LR, weight_decay=0.01, process_group="world")
+    optimizer = Lamb(shards, lr=LR, weight_decay=0.01, process_group="world", fused=fused)
     for step in range(STEPS):
         nn.functional.mse_loss(model(inputs[step]), targets[step]).backward()
         for p, shard, (a, b) in zip(params, shards, bounds, strict=True):
@@ -108,10 +109,10 @@ def main() -> None:
     targets = torch.randn(STEPS, 8 * world, 4, generator=generator, dtype=torch.float64)
     local = slice(rank * 8, (rank + 1) * 8)
     diffs = {}
-    for name in ("ours", "adamw", "torch_optimizer_dtensor", "torch_optimizer_local_shards"):
+    references = {"torch_optimizer_local_shards": "torch_optimizer_dtensor", "ours_fused": "ours"}
+    for name in ("ours", "ours_fused", "adamw", "torch_optimizer_dtensor", "torch_optimizer_local_shards"):
         reference = make_model()  # unsharded: plain tensors, so torch_optimizer.Lamb is exact here
-        train(reference, make_optimizer(name.replace("_local_shards", "_dtensor"), reference.parameters()),
-              inputs, targets)
+        train(reference, make_optimizer(references.get(name, name), reference.parameters()), inputs, targets)
         sharded = make_model()
         for layer in sharded:
             if isinstance(layer, nn.Linear):
@@ -122,9 +123,10 @@ def main() -> None:
                           for p, q in zip(sharded.parameters(), reference.parameters(), strict=True))
     reference = make_model()
     train(reference, make_optimizer("ours", reference.parameters()), inputs, targets)
-    flat = train_flat_shards(inputs[:, local], targets[:, local], rank, world)
-    diffs["ours_flat_shards"] = max((p - q).abs().max().item()
-                                    for p, q in zip(flat.parameters(), reference.parameters(), strict=True))
+    for suffix, fused in (("", False), ("_fused", True)):
+        flat = train_flat_shards(inputs[:, local], targets[:, local], rank, world, fused)
+        pairs = zip(flat.parameters(), reference.parameters(), strict=True)
+        diffs["ours_flat_shards" + suffix] = max((p - q).abs().max().item() for p, q in pairs)
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(diffs, f)

@@ -32,14 +32,15 @@ def set_random_grads(models, generator: torch.Generator) -> None:
             p.grad = grad.clone()
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("debias", [False, True])
 @pytest.mark.parametrize("adam", [False, True])
-def test_matches_torch_optimizer_lamb(debias, adam):
+def test_matches_torch_optimizer_lamb(debias, adam, fused):
     ours_model, ref_model = twin_models()
     initial = [p.detach().clone() for p in ours_model.parameters()]
     groups = param_groups(ours_model, 0.01, ["latents"])
     ref_groups = param_groups(ref_model, 0.01, ["latents"])
-    ours = Lamb(groups, lr=0.01, debias=debias, adam=adam)
+    ours = Lamb(groups, lr=0.01, debias=debias, adam=adam, fused=fused)
     reference = torch_optimizer.Lamb(ref_groups, lr=0.01, debias=debias, adam=adam)
     generator = torch.Generator().manual_seed(1)
     for _ in range(20):
@@ -87,6 +88,8 @@ def test_exact_under_fsdp2_and_fsdp1_sharding_where_torch_optimizer_lamb_on_shar
     assert diffs["torch_optimizer_dtensor"] < 1e-12
     # ours on FSDP1-style flat local slices with process_group="world", some of them empty: exact too
     assert diffs["ours_flat_shards"] < 1e-12
+    # the compiled two-pass update, sharded both ways, against the single-process _foreach update
+    assert diffs["ours_fused"] < 1e-12 and diffs["ours_flat_shards_fused"] < 1e-12
 
 
 def test_state_save_and_load_continues_bit_identically(tmp_path):
