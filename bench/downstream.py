@@ -25,6 +25,7 @@ Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours
 ``pretrain_minutes``, ``finetune_minutes`` and each run's accuracy per epoch.
 
     python bench/downstream.py [--minutes 10] [--equal-steps N] [--epochs-full rt=2,bbc=5] [--tasks rt,bbc]
+        [--lr-full 1e-3] [--legs ours,random,bert] [--set optimizer.adam_params=[token_embedding] ...]
 """
 
 from __future__ import annotations
@@ -298,9 +299,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of ours' pretraining")
     parser.add_argument("--bert-lr", type=float, default=1e-3, help="BERT-mini's pretraining learning rate")
     parser.add_argument("--tasks", default="rt,bbc")
-    parser.add_argument("--ours-only", action="store_true",
-                        help="pretrain and fine-tune ours alone (an ablation of ours' pretraining; the random "
-                             "initialisation and BERT-mini do not depend on it)")
+    parser.add_argument("--legs", default="ours,random,bert",
+                        help="which encoders to fine-tune (ours,random: an ablation of ours' pretraining or of the "
+                             "fine-tuning recipe without BERT-mini's pretraining)")
     parser.add_argument("--epochs-probe", type=int, default=10, help="epochs of probe training (cached features)")
     parser.add_argument("--epochs-full", default="rt=2,bbc=5", help="epochs of full fine-tuning per task")
     parser.add_argument("--lr-probe", type=float, default=1e-3)
@@ -310,6 +311,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
     args = parser.parse_args()
+    legs = args.legs.split(",")
+    if "ours" not in legs or not set(legs) <= {"ours", "random", "bert"}:
+        parser.error(f"--legs={args.legs}: expected ours and any of random, bert")
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(args.set)))
@@ -326,7 +330,7 @@ def main() -> None:
     print(json.dumps({"pretrained": "ours", "batches": ours["batches"], "mask_accuracy": mean(ours["accuracy"])}),
           flush=True)
     bert = None
-    if not args.ours_only:
+    if "bert" in legs:
         bert = train_hf(settings, corpora, tokenizer, scorer, args.minutes, args.bert_lr,
                         model=bert_mini_mlm(settings), max_steps=args.equal_steps)
         print(json.dumps({"pretrained": "bert", "batches": bert["batches"], "mask_accuracy": mean(bert["accuracy"])}),
@@ -350,8 +354,9 @@ def main() -> None:
         result[f"{task}_bag_of_pieces"] = round(floor["accuracy"], 4)
         print(json.dumps({task: {"bag_of_pieces": floor}}), flush=True)
         runs = {"ours": run_ours("ours", ours["model"].state_dict(), settings, train, val, classes, recipes)}
-        if not args.ours_only:
+        if "random" in legs:
             runs["random"] = run_ours("random", ours["initial"], settings, train, val, classes, recipes)
+        if "bert" in legs:
             runs["bert"] = run_bert(bert["model"], tokenizer, train, val, classes, recipes, args.lr_bert)
         for name, curves in runs.items():
             for mode, accuracies in curves.items():
