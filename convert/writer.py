@@ -176,41 +176,64 @@ def _run_workers(source: Source, root: Path, options: Options, description: str)
         progress.close()  # ends the progress line, so an error message starts on its own
 
 
-def _run_parts(source: Source, root: Path, options: Options, description: str, update: Report) -> list[PartResult]:
-    if options.workers == 1:
-        results = [_convert_part(source, root, 0, options, update)]
-    else:
-        # Not "fork": the caller may hold threads (tqdm's monitor, tokenizers, streaming, torch), and a child
-        # forked while one of them holds a lock waits on it forever. Not a fork server either: its workers are
-        # not our children, and they outlived a killed parent. An executor, not a Pool: a worker killed by the
-        # OS breaks it with an error instead of leaving the map waiting forever.
+# (workers, pool, progress queue) kept between conversions: see _worker_pool
+_pool: tuple[int, ProcessPoolExecutor, mp.queues.Queue] | None = None
+
+
+def _worker_pool(workers: int) -> tuple[ProcessPoolExecutor, mp.queues.Queue]:
+    """The process's pool of ``workers`` conversion workers, started at its first use and kept: a spawned worker
+    spends ~12 s of CPU importing torch, transformers and streaming before it converts anything, so the streams of
+    one conversion (and the later conversions of a process, as in the tests) share them.
+
+    Not "fork": the caller may hold threads (tqdm's monitor, tokenizers, streaming, torch), and a child forked
+    while one of them holds a lock waits on it forever. Not a fork server either: its workers are not our
+    children, and they outlived a killed parent. An executor, not a Pool: a worker killed by the OS breaks it
+    with an error instead of leaving the map waiting forever.
+    """
+    global _pool
+    if _pool is not None and _pool[0] != workers:
+        _pool[1].shutdown()
+        _pool = None
+    if _pool is None:
         context = mp.get_context("spawn")
         queue = context.Queue()
-        pool = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker,
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                    initargs=(queue, os.getpid()))
-        try:
-            futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
-            while not all(f.done() for f in futures):
-                try:
-                    update(queue.get(timeout=0.2))
-                except queue_module.Empty:
-                    pass
+        _pool = (workers, pool, queue)
+    return _pool[1], _pool[2]
+
+
+def _run_parts(source: Source, root: Path, options: Options, description: str, update: Report) -> list[PartResult]:
+    global _pool
+    if options.workers == 1:
+        return [_convert_part(source, root, 0, options, update)]
+    pool, queue = _worker_pool(options.workers)
+    try:
+        futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
+        while not all(f.done() for f in futures):
             try:
-                results = [f.result() for f in futures]
-            except BrokenProcessPool as error:
-                raise ConversionError(f"{description}: a conversion worker died ({error}); killed for memory? "
-                                      "Nothing was written to the output; retry with fewer --workers") from None
-            except InputError:
-                raise
-            except Exception as error:  # noqa: BLE001 - the worker's traceback is in its __cause__
-                raise ConversionError(f"{description}: a conversion worker failed ({type(error).__name__}: "
-                                      f"{error}); nothing was written to the output") from error
-        except BaseException:  # an error in a worker, SIGTERM, Ctrl-C: no worker may keep running
-            _stop(pool)
+                update(queue.get(timeout=0.2))
+            except queue_module.Empty:
+                pass
+        try:
+            results = [f.result() for f in futures]
+        except BrokenProcessPool as error:
+            raise ConversionError(f"{description}: a conversion worker died ({error}); killed for memory? "
+                                  "Nothing was written to the output; retry with fewer --workers") from None
+        except InputError:
             raise
-        pool.shutdown()
-        while not queue.empty():
-            update(queue.get())
+        except Exception as error:  # noqa: BLE001 - the worker's traceback is in its __cause__
+            raise ConversionError(f"{description}: a conversion worker failed ({type(error).__name__}: "
+                                  f"{error}); nothing was written to the output") from error
+    except BaseException:  # an error in a worker, SIGTERM, Ctrl-C: no worker may keep running
+        _stop(pool)
+        _pool = None
+        raise
+    while True:  # the last reports (a worker's queue is flushed by a thread of its own, maybe after its result)
+        try:
+            update(queue.get(timeout=0.05))
+        except queue_module.Empty:
+            break
     return results
 
 
