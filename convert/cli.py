@@ -29,7 +29,10 @@ def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: flo
     parser.add_argument("--shard-size-limit", type=int, default=1 << 26, help="bytes per MDS shard")
     parser.add_argument("--max-replaced-fraction", type=float, default=MAX_REPLACED_FRACTION,
                         help="fail when more than this fraction of an input file's bytes is not UTF-8")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (and --remote)")
+    parser.add_argument("--remote", default=None, metavar="URI",
+                        help="also upload the output there (s3://bucket/prefix; S3_ENDPOINT_URL and AWS_* settings "
+                             "as for streaming); its manifests last, so a remote with a manifest is complete")
 
 
 def _add_labelled_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +42,11 @@ def _add_labelled_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per sample (the encoder's); longer documents are truncated and counted")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="fraction of documents (by stable hash) in the val split")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion at --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier conversion at --out (and --remote)")
+    parser.add_argument("--remote", default=None, metavar="URI",
+                        help="also upload the output there (s3://bucket/prefix; S3_ENDPOINT_URL and AWS_* settings "
+                             "as for streaming); its manifests last, so a remote with a manifest is complete")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
         streams = {name: Source("hub", hub=HubSpec.parse(getattr(args, name), f"--{name}"), hub_split=args.split,
                                 streaming=args.streaming, text_field=args.text_field)
                    for name in ("wikipedia", "bookcorpus")}
-    convert(streams, args.out, options, overwrite=args.overwrite)
+    convert(streams, args.out, options, overwrite=args.overwrite, remote=args.remote)
 
 
 def run_labelled(args: argparse.Namespace) -> None:
@@ -166,7 +173,7 @@ def run_labelled(args: argparse.Namespace) -> None:
         input_files = [str(path)]
     convert_labelled(documents, args.out, tokenizer=args.tokenizer, max_seq_len=args.max_seq_len,
                      val_fraction=args.val_fraction, labels=labels, source=source, stats=stats,
-                     input_files=input_files, overwrite=args.overwrite)
+                     input_files=input_files, overwrite=args.overwrite, remote=args.remote)
 
 
 def _terminated(signum: int, frame) -> None:
@@ -178,10 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     from convert.writer import ConversionError
+    from perceiver_stream.remote import RemoteError
 
     try:
         run(args)
-    except (InputError, ConversionError) as e:
+    except (InputError, ConversionError, RemoteError) as e:
         print(f"perceiver-convert: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from streaming import MDSWriter
 
 import perceiver_stream
 from convert.input import InputError, Stats
-from convert.output import check_output, written_atomically
+from convert.output import check_output, check_remote_output, upload_output, written_atomically
 from convert.packing import token_dtype, tokenize
 from convert.sources import MAX_REPLACED_FRACTION, decode, expand_inputs
 from convert.tokenizer import describe, load_tokenizer, separator_id
@@ -206,8 +206,10 @@ def label_vocabulary(documents: list[LabelledDocument], labels: list[str] | None
 def convert_labelled(documents: Iterable[LabelledDocument], out: Path, *, tokenizer: str, max_seq_len: int,
                      val_fraction: float, labels: list[str] | None = None, source: dict,
                      stats: LabelledStats | None = None, input_files: Iterable[str] = (), overwrite: bool = False,
-                     shard_size_limit: int = 1 << 26, batch_documents: int = 256) -> dict[str, dict]:
-    """Write ``out/{train,val}`` (MDS shards + manifest) from labelled ``documents``; returns the manifests.
+                     shard_size_limit: int = 1 << 26, batch_documents: int = 256,
+                     remote: str | None = None) -> dict[str, dict]:
+    """Write ``out/{train,val}`` (MDS shards + manifest) from labelled ``documents``, uploaded to ``remote`` (an
+    object-store URI) when given; returns the manifests.
 
     Every document is read, checked and given its label index before the output is created; ``source``
     describes the input in the manifest.
@@ -221,6 +223,7 @@ def convert_labelled(documents: Iterable[LabelledDocument], out: Path, *, tokeni
     out = Path(out)
     stats = stats or LabelledStats()
     check_output(out, overwrite=overwrite, input_files=input_files)
+    previous = None if remote is None else check_remote_output(remote, overwrite=overwrite)
     loaded = load_tokenizer(tokenizer)
     tokenizer_info = describe(loaded, tokenizer)
     start = time.monotonic()
@@ -271,6 +274,8 @@ def convert_labelled(documents: Iterable[LabelledDocument], out: Path, *, tokeni
           f"{sum(c['truncated_documents'] for c in counts.values()):,} documents; excluded by label: "
           f"{dict(stats.excluded_labels) or 'none'}; undecodable bytes replaced: {stats.replaced_bytes:,}; "
           f"output: {out}")
+    if remote is not None:
+        upload_output(out, remote, previous)
     return manifests
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from convert.input import InputError
 from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT, SPLITS
+from perceiver_stream.remote import delete, download, is_remote, list_objects, upload
 
 
 def check_output(out: Path, *, overwrite: bool, input_files: Iterable[str]) -> None:
@@ -92,3 +95,53 @@ def check_replaceable(out: Path, input_files: Iterable[str]) -> None:
         raise InputError(f"--out {out}: is not an earlier perceiver-convert output (train/ and val/ with their "
                          f"{MANIFEST}, and nothing else), so --overwrite will not replace it. Choose another --out, "
                          "or remove it yourself")
+
+
+_REMOTE_OUTPUT = re.compile(r"^(?:[^/]+/)?(?:train|val)/(?:manifest\.json|(?:part-\d+/)?(?:index\.json|shard\.\d+\.mds"
+                            r"(?:\.zstd)?))$")
+
+
+def check_remote_output(remote: str, *, overwrite: bool) -> list[str]:
+    """``--remote`` must hold nothing, or with ``overwrite`` only an earlier conversion's objects (each manifest of
+    ours); returns those objects' names. Checked before converting, so a refusal costs nothing."""
+    if not is_remote(remote):
+        raise InputError(f"--remote {remote}: not an object-store URI (s3://bucket/prefix, gs://..., oci://...); "
+                         "a local directory is --out")
+    existing = list_objects(remote)
+    if not existing:
+        return []
+    if not overwrite:
+        raise InputError(f"--remote {remote}: holds {len(existing)} objects already (pass --overwrite to replace an "
+                         "earlier conversion)")
+    manifests = [name for name in existing if name.endswith(f"/{MANIFEST}")]
+    strangers = [name for name in existing if not _REMOTE_OUTPUT.match(name)]
+    if strangers or not manifests or not all(_is_our_manifest(f"{remote.rstrip('/')}/{m}") for m in manifests):
+        raise InputError(f"--remote {remote}: is not an earlier perceiver-convert output ("
+                         + (f"{strangers[0]} is not a file a conversion writes" if strangers else
+                            f"no {MANIFEST} of ours") + "), so --overwrite will not replace it")
+    return existing
+
+
+def _is_our_manifest(uri: str) -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        download(uri, Path(tmp) / MANIFEST)
+        try:
+            return json.loads((Path(tmp) / MANIFEST).read_text()).get("format") == MANIFEST_FORMAT
+        except (ValueError, AttributeError):
+            return False
+
+
+def upload_output(out: Path, remote: str, previous: list[str]) -> None:
+    """Upload a finished conversion at ``out`` to ``remote`` so that a remote with a manifest is complete: an
+    earlier conversion's manifests are deleted first, every shard and index is uploaded, the manifests last, then
+    what is left of the earlier conversion is deleted. A failure leaves no manifest at ``remote``."""
+    base = remote.rstrip("/")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    for name in previous:
+        if name.endswith(f"/{MANIFEST}"):
+            delete(f"{base}/{name}")
+    for name in sorted(files, key=lambda name: name.endswith(f"/{MANIFEST}")):  # manifests last
+        upload(out / name, f"{base}/{name}")
+    for name in sorted(set(previous) - set(files)):
+        delete(f"{base}/{name}")
+    print(f"uploaded {len(files)} files to {base}")

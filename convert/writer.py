@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import perceiver_stream
 from convert.input import InputError, Stats
-from convert.output import check_output, written_atomically
+from convert.output import check_output, check_remote_output, upload_output, written_atomically
 from convert.packing import Packer, token_dtype, tokenize
 from convert.sources import MAX_REPLACED_FRACTION, Source
 from convert.tokenizer import describe, load_tokenizer, separator_id
@@ -298,13 +298,16 @@ def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str
     }
 
 
-def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: bool = False) -> dict[str, dict]:
-    """Convert each source to ``out/<stream>/{train,val}`` (``out/{train,val}`` for the stream ``"."``).
+def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: bool = False,
+            remote: str | None = None) -> dict[str, dict]:
+    """Convert each source to ``out/<stream>/{train,val}`` (``out/{train,val}`` for the stream ``"."``), then
+    upload ``out`` to ``remote`` (an object-store URI) when given.
 
     Returns the manifests by ``"<stream>/<split>"``.
     """
     out = Path(out)
     check_output(out, overwrite=overwrite, input_files=[f for source in streams.values() for f in source.files])
+    previous = None if remote is None else check_remote_output(remote, overwrite=overwrite)
     tokenizer_info = describe(load_tokenizer(options.tokenizer), options.tokenizer)
     streams = {name: _opened(source) for name, source in streams.items()}
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
@@ -312,6 +315,8 @@ def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: 
     with written_atomically(out) as partial:
         manifests = _convert_streams(streams, partial, options, tokenizer_info, out.name)
     _summary(manifests, out, time.monotonic() - start)
+    if remote is not None:
+        upload_output(out, remote, previous)
     return manifests
 
 

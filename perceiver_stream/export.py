@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.classifier import PerceiverClassifier
 from perceiver_stream.model.config import PerceiverClassifierConfig
 from perceiver_stream.model.hf import to_hf, to_hf_classifier
+from perceiver_stream.remote import RemoteError, download, is_remote, list_objects
 from perceiver_stream.train.config import TrainConfig, build_train_config
 
 
@@ -69,6 +71,21 @@ def load_checkpoint_model(checkpoint: str | Path, config: PerceiverMLMConfig | P
     return model.eval()
 
 
+def fetch_checkpoint(uri: str, folder: Path) -> Path:
+    """A checkpoint file in object storage, downloaded into ``folder`` with the digest the run uploaded beside it,
+    and checked against it (without one, against its CRC-32s)."""
+    from perceiver_stream.train.resume import is_intact
+
+    path = folder / uri.rstrip("/").rsplit("/", 1)[-1]
+    download(uri, path)
+    if f"{path.name}.xxh64" in list_objects(uri.rsplit("/", 1)[0]):
+        download(f"{uri}.xxh64", path.with_name(f"{path.name}.xxh64"))
+    if not is_intact(path):
+        raise CheckpointError(f"{uri}: its bytes do not match the digest recorded when it was written (or, without "
+                              "one, its CRC-32s); export an earlier checkpoint")
+    return path
+
+
 def export(checkpoint: str | Path, out: str | Path, *, config: str | None = None,
            overrides: list[str] | None = None) -> Path:
     """Write ``out`` (a ``PerceiverForMaskedLM``, or for a classifier's checkpoint a
@@ -77,6 +94,9 @@ def export(checkpoint: str | Path, out: str | Path, *, config: str | None = None
     The tokenizer is the one stored in the checkpoint, so the checkpoint alone is enough on any machine; an explicit
     ``data.tokenizer`` (or ``--config``), and checkpoints written before tokenizers were stored, load it from there.
     """
+    if is_remote(checkpoint):
+        with tempfile.TemporaryDirectory() as folder:
+            return export(fetch_checkpoint(str(checkpoint), Path(folder)), out, config=config, overrides=overrides)
     overrides = list(overrides or [])
     state = read_checkpoint(checkpoint)
     cfg, trained_fingerprint = run_config(state, checkpoint, config, overrides)
@@ -113,14 +133,14 @@ def export(checkpoint: str | Path, out: str | Path, *, config: str | None = None
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="perceiver-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a Composer checkpoint file or sharded checkpoint directory")
+    parser.add_argument("checkpoint", help="a Composer checkpoint file (also s3://...) or sharded checkpoint directory")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--config", default=None, help="a yaml replacing the configuration the checkpoint records")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of that configuration")
     args = parser.parse_intermixed_args(argv)
     try:
         print(export(args.checkpoint, args.out, config=args.config, overrides=args.overrides))
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, RemoteError) as e:
         print(f"perceiver-export: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -6,7 +6,7 @@ import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +79,54 @@ def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
             build(partial)
             partial.rename(out)
     return out
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (``moto[server]``), reached only through the standard settings: ``env`` holds
+    ``S3_ENDPOINT_URL`` and the ``AWS_*`` credentials, as a user's shell would for AWS S3 or MinIO."""
+
+    def __init__(self) -> None:
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.env = {"S3_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        self.buckets = 0
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.env["S3_ENDPOINT_URL"], region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def bucket(self) -> str:
+        """A new empty bucket."""
+        self.buckets += 1
+        name = f"test-{self.buckets}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    server.server.start()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The session's S3 server, its settings in this process's environment (subprocesses get ``s3.env``)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server

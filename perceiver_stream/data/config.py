@@ -32,8 +32,10 @@ class StreamingDataConfig:
         max_seq_len: tokens per sample; must equal the shards'.
         streams: named streams, e.g. ``wikipedia`` and ``bookcorpus``; ``<name>: null`` switches one off.
         shuffle, shuffle_algo, shuffle_seed, shuffle_block_size, num_canonical_nodes, predownload,
-            epoch_size, cache_limit, download_timeout, validate_hash: passed to ``StreamingDataset``
-            (``epoch_size`` and ``shuffle`` apply to training only).
+            epoch_size, cache_limit, download_retry, download_timeout, validate_hash: passed to
+            ``StreamingDataset`` (``epoch_size`` and ``shuffle`` apply to training only). ``cache_limit`` bounds
+            the local caches of all streams together (streaming's); ``download_retry`` retries a failed shard
+            download that many times, each given ``download_timeout`` seconds.
         verify_shards: before training, check that every local shard exists and matches its xxh64 hash, and
             decompress the ones not yet decompressed (otherwise streaming does it on first read).
         num_workers, prefetch_factor, persistent_workers, pin_memory: ``DataLoader`` settings per device.
@@ -49,7 +51,8 @@ class StreamingDataConfig:
     num_canonical_nodes: int | None = None
     predownload: int | None = None
     epoch_size: int | None = None
-    cache_limit: str | None = None
+    cache_limit: int | str | None = None
+    download_retry: int = 2
     download_timeout: float = 60.0
     validate_hash: str | None = "xxh64"
     verify_shards: bool = True

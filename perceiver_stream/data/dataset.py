@@ -262,7 +262,7 @@ def build_dataloader(cfg: StreamingDataConfig, info: DataInfo, split: str, batch
             shuffle_seed=cfg.shuffle_seed, shuffle_block_size=cfg.shuffle_block_size,
             num_canonical_nodes=cfg.num_canonical_nodes, predownload=cfg.predownload,
             epoch_size=cfg.epoch_size if train else None, cache_limit=cfg.cache_limit,
-            download_timeout=cfg.download_timeout, validate_hash=cfg.validate_hash,
+            download_retry=cfg.download_retry, download_timeout=cfg.download_timeout, validate_hash=cfg.validate_hash,
         )
     tokenizer = info.tokenizer
     if isinstance(cfg, ClassificationDataConfig):

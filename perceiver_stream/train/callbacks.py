@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerFast
 
 from perceiver_stream.config import ConfigError
+from perceiver_stream.remote import upload
 from perceiver_stream.train.resume import write_digests
 
 log = logging.getLogger(__name__)
@@ -125,15 +126,23 @@ class CheckpointDigests(Callback):
     """After each checkpoint is written, records its digest beside it (``resume.write_digests``), so autoresume
     can refuse one whose bytes changed since. Composer's saver runs after the other callbacks of an event, so a
     new checkpoint (the saver's ``saved_checkpoints`` changed) is hashed at the start of the next batch, and the
-    final one once the trainer closes; batches without a new checkpoint do not touch the folder."""
+    final one once the trainer closes; batches without a new checkpoint do not touch the folder.
 
-    def __init__(self, save_folder: Path):
+    For a ``save_folder`` in object storage (``remote``), Composer writes each checkpoint to a temporary folder of
+    its own, then uploads it: the digest is written there and uploaded beside the checkpoint."""
+
+    def __init__(self, save_folder: Path, remote: str | None = None):
         self.save_folder = save_folder
+        self.remote = remote
+        self._saver: CheckpointSaver | None = None
         self._newest: str | None = None
+        self._uploaded: set[str] = set()
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self._saver = next((c for c in state.callbacks if isinstance(c, CheckpointSaver)), None)
 
     def batch_start(self, state: State, logger: Logger) -> None:
-        savers = [c for c in state.callbacks if isinstance(c, CheckpointSaver)]
-        newest = savers[0].saved_checkpoints[-1] if savers and savers[0].saved_checkpoints else None
+        newest = self._saver.saved_checkpoints[-1] if self._saver and self._saver.saved_checkpoints else None
         if newest != self._newest:
             self._newest = newest
             self._write()
@@ -142,8 +151,19 @@ class CheckpointDigests(Callback):
         self._write()
 
     def _write(self) -> None:
-        if dist.get_global_rank() == 0:
+        if dist.get_global_rank() != 0:
+            return
+        if self.remote is None:
             write_digests(self.save_folder)
+            return
+        if self._saver is None or not self._saver.saved_checkpoints:
+            return
+        folder = Path(self._saver.saved_checkpoints[-1]).parent
+        write_digests(folder)
+        for digest in sorted(folder.glob("*.xxh64")):
+            if digest.name not in self._uploaded:
+                upload(digest, f"{self.remote.rstrip('/')}/{digest.name}")
+                self._uploaded.add(digest.name)
 
 
 class RunDescription(Callback):

@@ -143,6 +143,38 @@ def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
     return newest
 
 
+def fetch_newest_intact(remote: str, local: Path) -> Path | None:
+    """For a ``save_folder`` in object storage: download the newest checkpoint there whose bytes are intact
+    (``is_intact``, against the digest uploaded beside it) into ``local``, the folder where Composer writes
+    before uploading and where its autoresume looks first; ``repair_latest(local)`` then points ``latest`` at it.
+
+    An object that is not intact is renamed ``*.corrupt`` in the bucket with a warning naming it (as locally: the
+    run saves that checkpoint again, and Composer does not overwrite an object), and the previous one is tried.
+    A sharded checkpoint (a directory of objects) is not handled here. Returns the checkpoint, or None.
+    """
+    from perceiver_stream.remote import download, list_objects, move
+
+    base = remote.rstrip("/")
+    names = set(list_objects(base))
+    found = [((int(m.group(1)), int(m.group(2))), name) for name in names
+             if (m := _CHECKPOINT.match(name)) and m.group(3)]
+    for _, name in sorted(found, reverse=True):
+        path = local / name
+        if not path.exists():
+            download(f"{base}/{name}", path)
+        if f"{name}.xxh64" in names and not _digest_file(path).exists():
+            download(f"{base}/{name}.xxh64", _digest_file(path))
+        if is_intact(path):
+            return path
+        log.warning("checkpoint %s/%s %s; renamed %s/%s.corrupt, resuming from the previous checkpoint", base, name,
+                    "does not match the digest recorded when it was written" if _digest_file(path).exists() else
+                    "has no digest and its CRC-32 check fails", base, name)
+        move(f"{base}/{name}", f"{base}/{name}.corrupt")
+        path.unlink()
+        _digest_file(path).unlink(missing_ok=True)
+    return None
+
+
 # model.* settings a resumed run may change: they do not shape the weights or what they compute.
 FREE_MODEL_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "encoder.dropout",
                    "decoder.dropout", "encoder_from", "freeze_encoder")

@@ -27,6 +27,7 @@ from perceiver_stream.data.masking import count_tokens
 from perceiver_stream.model.composer_classifier import ComposerPerceiverClassifier
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
+from perceiver_stream.remote import RemoteError, is_remote, list_objects
 from perceiver_stream.train.callbacks import (
     CheckpointDigests,
     FillMaskTable,
@@ -37,7 +38,7 @@ from perceiver_stream.train.callbacks import (
 )
 from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, batch_plan
 from perceiver_stream.train.finetune import initial_classifier
-from perceiver_stream.train.resume import check_model_settings, repair_latest
+from perceiver_stream.train.resume import check_model_settings, fetch_newest_intact, repair_latest
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,28 @@ def check_environment(cfg: TrainConfig) -> None:
 
 
 def local_save_folder(cfg: TrainConfig) -> Path | None:
-    """The checkpoint folder when it is on this machine (``{run_name}`` filled in); None when there is none or it
-    is remote (``s3://`` and the like), where nothing is checked, repaired or hashed here."""
-    if not cfg.save_folder or "://" in cfg.save_folder:
+    """Where checkpoints are on this machine (``{run_name}`` filled in), None without ``save_folder``. For a
+    ``save_folder`` in object storage (``s3://bucket/path``), ``path`` under the working directory, where autoresume
+    downloads the checkpoint it resumes (Composer writes the ones it uploads to a temporary folder of its own)."""
+    if not cfg.save_folder:
         return None
-    return Path(cfg.save_folder.format(run_name=cfg.run_name))
+    folder = cfg.save_folder.format(run_name=cfg.run_name)
+    if is_remote(folder):
+        from composer.utils.file_helpers import parse_uri
+
+        return Path(parse_uri(folder)[2] or ".")
+    return Path(folder)
+
+
+def remote_save_folder(cfg: TrainConfig) -> str | None:
+    """``save_folder`` (``{run_name}`` filled in) when it is in object storage, else None."""
+    folder = cfg.save_folder and cfg.save_folder.format(run_name=cfg.run_name)
+    return folder if is_remote(folder) else None
 
 
 def check_save_folder(cfg: TrainConfig) -> None:
-    """A local ``save_folder`` must be writable before training, not at the first checkpoint hours later."""
+    """The checkpoint folder must be writable (and a remote one reachable) before training, not at the first
+    checkpoint hours later."""
     folder = local_save_folder(cfg)
     if folder is None:
         return
@@ -76,6 +90,11 @@ def check_save_folder(cfg: TrainConfig) -> None:
     except OSError as e:
         raise ConfigError(f"save_folder={cfg.save_folder!r}: cannot write checkpoints to {folder} ({e.strerror}); "
                           "choose a writable directory") from None
+    if (remote := remote_save_folder(cfg)) is not None:
+        try:
+            list_objects(remote)
+        except RemoteError as e:
+            raise ConfigError(f"save_folder={cfg.save_folder!r}: {e}") from None
 
 
 def share_cpu_threads() -> None:
@@ -163,7 +182,7 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
     if (folder := local_save_folder(cfg)) is not None:
-        callbacks.append(CheckpointDigests(folder))
+        callbacks.append(CheckpointDigests(folder, remote_save_folder(cfg)))
     if cfg.callbacks.sample_log:
         callbacks.append(SampleLog(cfg.callbacks.sample_log))
     return callbacks
@@ -185,17 +204,29 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         check_save_folder(cfg)
     share_cpu_threads()
     plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
-    if cfg.autoresume and local_save_folder(cfg) is not None and dist.get_global_rank() == 0:
-        # Before dist starts: the other ranks wait for rank 0 in initialize_dist below.
-        newest = repair_latest(local_save_folder(cfg), plan.devices)
+    folder, remote = local_save_folder(cfg), remote_save_folder(cfg)
+    resume_from = None  # for a save_folder in object storage: the checkpoint fetched from there (see below)
+    # Before dist starts: the other ranks wait in initialize_dist below.
+    if cfg.autoresume and remote is None and folder is not None and dist.get_global_rank() == 0:
+        newest = repair_latest(folder, plan.devices)
         if newest is not None:
             check_model_settings(newest, to_dict(cfg.model))
+    elif cfg.autoresume and remote is not None and dist.get_local_rank() == 0:  # every node: a disk of its own
+        resume_from = fetch_newest_intact(remote, folder)
+        if resume_from is not None:
+            check_model_settings(resume_from, to_dict(cfg.model))
     info = prepare(cfg.data)
     if cfg.model.vocab_size != len(info.tokenizer):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "
                          f"{len(info.tokenizer)} tokens")
     # Before the loaders (as the Trainer would later): their shared memory registration waits on the ranks' barrier.
     dist.initialize_dist(device_name(), cfg.dist_timeout)
+    if remote is not None and cfg.autoresume:
+        # Composer's own autoresume would load the newest object whatever its bytes: it is given the checked one.
+        # Every node's local rank 0 fetched the same (the newest intact); global rank 0's name decides.
+        chosen = [None if resume_from is None else resume_from.name]
+        dist.broadcast_object_list(chosen, src=0)
+        resume_from = None if chosen[0] is None else folder / chosen[0]
     train_loader = build_dataloader(cfg.data, info, "train", plan.device_batch_size, cfg.seed)
     eval_loader = build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed)
 
@@ -233,8 +264,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         save_interval=cfg.save_interval,
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
-        autoresume=cfg.autoresume,
-        load_path=cfg.load_path,
+        autoresume=cfg.autoresume and remote is None,
+        load_path=cfg.load_path if resume_from is None else str(resume_from),
         loggers=build_loggers(cfg),
         callbacks=build_callbacks(cfg, info),
         console_log_interval=cfg.console_log_interval,

@@ -39,9 +39,9 @@ def _server() -> mp.context.ForkServerContext:
     return _context
 
 
-def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader: int | None) -> None:
-    """One rank: joins the run's process group, takes ``env`` and ``outputs`` (stdout, stderr), runs train.py's
-    main and exits with its status."""
+def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader: int | None, cwd: str) -> None:
+    """One rank: joins the run's process group, takes ``env``, ``outputs`` (stdout, stderr) and the working
+    directory ``cwd``, runs train.py's main and exits with its status."""
     for _ in range(500):  # rank 0 makes the group; a later rank may get here first (or after it ended)
         try:
             os.setpgid(0, leader or 0)
@@ -60,7 +60,7 @@ def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader
     # Its own resource tracker, as a fresh process would have (not the test process's, which would find the
     # run's shared memory already removed when the tests end and warn about each segment).
     resource_tracker._resource_tracker = resource_tracker.ResourceTracker()
-    os.chdir(REPO)
+    os.chdir(cwd)
     import torch
 
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
@@ -82,7 +82,8 @@ def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader
 class Run:
     """The ranks of one run, started; ``pid`` is its process group."""
 
-    def __init__(self, argv: list[str], processes: int = 1, env: dict[str, str] | None = None):
+    def __init__(self, argv: list[str], processes: int = 1, env: dict[str, str] | None = None,
+                 cwd: Path = REPO):
         from tests.optim.test_lamb import free_port
 
         context = _server()
@@ -97,7 +98,7 @@ class Run:
             output = tuple(self._file(f"train-rank{rank}-", suffix) for suffix in (".out", ".err"))
             rank_env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)} if processes > 1 else base
             leader = self.ranks[0].pid if self.ranks else None
-            process = context.Process(target=_rank, args=(argv, rank_env, output, leader))
+            process = context.Process(target=_rank, args=(argv, rank_env, output, leader, str(cwd)))
             process.start()
             self.outputs.append(output)
             self.ranks.append(process)
@@ -148,6 +149,7 @@ class Run:
         return subprocess.CompletedProcess(self.argv, code, stdout=texts[0], stderr=texts[1])
 
 
-def train(argv: list, processes: int = 1, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run train.py ``argv`` (config and overrides) on ``processes`` ranks to its end."""
-    return Run([str(a) for a in argv], processes, env).result()
+def train(argv: list, processes: int = 1, env: dict[str, str] | None = None,
+          cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run train.py ``argv`` (config and overrides) on ``processes`` ranks to its end, in ``cwd``."""
+    return Run([str(a) for a in argv], processes, env, cwd).result()
