@@ -264,6 +264,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         save_interval=cfg.save_interval,
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
+        # In a bucket, autoresume lists the checkpoints (above): Composer's `latest` symlink object would only hold
+        # each run's end for half a minute while its uploader polls for the checkpoint before writing it.
+        **({"save_latest_filename": None} if remote is not None else {}),
         autoresume=cfg.autoresume and remote is None,
         load_path=cfg.load_path if resume_from is None else str(resume_from),
         loggers=build_loggers(cfg),
