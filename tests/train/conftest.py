@@ -14,7 +14,7 @@ from tests.conftest import REPO, build_once, shared_corpora, shared_path
 def tiny_shards(tmp_path_factory) -> Path:
     def build(root: Path) -> None:
         tokenizer = str(shared_path("tokenizers/xlnet-base-cased"))
-        convert(shared_corpora(wiki_files=4, books=24), root,
+        convert(shared_corpora(wiki_files=4, books=8), root,
                 Options(tokenizer=tokenizer, max_seq_len=128, val_fraction=0.05, workers=2))
 
     return build_once(tmp_path_factory, "tiny-shards", build)

@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_cache_smaller_than_the_data_evicts_and_trains_what_local_shards_train(s3, tmp_path):
+    """Shards read from the bucket into an empty local cache that holds four of their twenty: the same samples,
+    masks and losses as from the local shards, bitwise. Streaming checks each download against index.json's xxh64."""
     shards = tmp_path / "shards"
     convert({".": Source("files", files=(str(shared_path("corpora/wikipedia/enwiki2015_wiki_00")),))}, shards,
             Options(tokenizer=str(shared_path("tokenizers/xlnet-base-cased")), max_seq_len=128, val_fraction=0.05,

@@ -206,28 +206,6 @@ def test_another_model_shape_is_named_before_loading(tiny_shards, reference, tmp
                      "restore the settings")
 
 
-@REFERENCE
-def test_shards_read_from_an_s3_bucket_train_what_local_shards_train(tiny_shards, reference, tmp_path, s3):
-    """Both streams read from the bucket (moto's S3 server) into empty local caches: the same samples, masks,
-    losses and final weights as from the local shards, bitwise. Streaming checks each downloaded shard against
-    index.json's xxh64 (data.validate_hash)."""
-    from convert.output import upload_output
-
-    bucket = s3.bucket()
-    upload_output(tiny_shards, f"s3://{bucket}/tiny", [])
-    streams = {f"data.streams.{name}.{key}": value for name in ("wikipedia", "bookcorpus") for key, value in
-               (("remote", f"s3://{bucket}/tiny/{name}"), ("local", tmp_path / "cache" / name))}
-    result = train([TINY, *overrides(tiny_shards, tmp_path, **streams)], env={**ONE_THREAD, **s3.env})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_run(tmp_path, reference)
-
-    def train_shards(root: Path) -> list[str]:
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.mds.zstd")
-                      if p.parent.parent.name == "train")
-
-    assert train_shards(tmp_path / "cache") == train_shards(tiny_shards)  # every one downloaded, none local before
-
-
 @pytest.fixture(scope="module")
 def ddp_reference(tiny_shards, tmp_path_factory) -> Path:
     """Launched by Composer's launcher (`composer -n 2`), as users run it; the runs compared with it are forked
