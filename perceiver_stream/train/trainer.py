@@ -205,14 +205,18 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     share_cpu_threads()
     plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
     folder, remote = local_save_folder(cfg), remote_save_folder(cfg)
-    resume_from = None  # for a save_folder in object storage: the checkpoint fetched from there (see below)
+    sharded = cfg.parallelism.fsdp is not None and cfg.parallelism.fsdp.state_dict_type == "sharded"
+    # Checkpoint files in a bucket are resumed from here, checked; sharded ones (directories of objects) through
+    # Composer's own autoresume, unchecked.
+    bucket = None if sharded else remote
+    resume_from = None  # the checkpoint fetched from the bucket (see below)
     # Before dist starts: the other ranks wait in initialize_dist below.
     if cfg.autoresume and remote is None and folder is not None and dist.get_global_rank() == 0:
         newest = repair_latest(folder, plan.devices)
         if newest is not None:
             check_model_settings(newest, to_dict(cfg.model))
-    elif cfg.autoresume and remote is not None and dist.get_local_rank() == 0:  # every node: a disk of its own
-        resume_from = fetch_newest_intact(remote, folder)
+    elif cfg.autoresume and bucket is not None and dist.get_local_rank() == 0:  # every node: a disk of its own
+        resume_from = fetch_newest_intact(bucket, folder)
         if resume_from is not None:
             check_model_settings(resume_from, to_dict(cfg.model))
     info = prepare(cfg.data)
@@ -221,7 +225,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
                          f"{len(info.tokenizer)} tokens")
     # Before the loaders (as the Trainer would later): their shared memory registration waits on the ranks' barrier.
     dist.initialize_dist(device_name(), cfg.dist_timeout)
-    if remote is not None and cfg.autoresume:
+    if bucket is not None and cfg.autoresume:
         # Composer's own autoresume would load the newest object whatever its bytes: it is given the checked one.
         # Every node's local rank 0 fetched the same (the newest intact); global rank 0's name decides.
         chosen = [None if resume_from is None else resume_from.name]
@@ -266,8 +270,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         save_overwrite=cfg.save_overwrite,
         # In a bucket, autoresume lists the checkpoints (above): Composer's `latest` symlink object would only hold
         # each run's end for half a minute while its uploader polls for the checkpoint before writing it.
-        **({"save_latest_filename": None} if remote is not None else {}),
-        autoresume=cfg.autoresume and remote is None,
+        **({"save_latest_filename": None} if bucket is not None else {}),
+        autoresume=cfg.autoresume and bucket is None,
         load_path=cfg.load_path if resume_from is None else str(resume_from),
         loggers=build_loggers(cfg),
         callbacks=build_callbacks(cfg, info),
