@@ -14,6 +14,7 @@ import sys
 from perceiver_stream.checkpoint import CheckpointError
 from perceiver_stream.config import ConfigError, load
 from perceiver_stream.data import DataError
+from perceiver_stream.remote import RemoteError
 from perceiver_stream.train.callbacks import NonFiniteLossError
 from perceiver_stream.train.config import build_train_config
 
@@ -37,14 +38,14 @@ def main(argv: list[str] | None = None) -> None:
             print(summary(cfg, dist.get_world_size()))
             return
         trainer = build_trainer(cfg)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, RemoteError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
         trainer.eval()
     try:
         trainer.fit()
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, DataError) as e:  # a loss that is not finite, a shard that cannot be downloaded
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(1)
     trainer.close()

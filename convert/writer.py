@@ -203,13 +203,26 @@ def _worker_pool(workers: int) -> tuple[ProcessPoolExecutor, mp.queues.Queue]:
     return _pool[1], _pool[2]
 
 
+def close_worker_pool() -> None:
+    """Stop the kept conversion workers (``_worker_pool``), e.g. to free their memory in a long-lived process."""
+    global _pool
+    if _pool is not None:
+        _stop(_pool[1])
+        _pool = None
+
+
 def _run_parts(source: Source, root: Path, options: Options, description: str, update: Report) -> list[PartResult]:
     global _pool
     if options.workers == 1:
         return [_convert_part(source, root, 0, options, update)]
     pool, queue = _worker_pool(options.workers)
     try:
-        futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
+        try:
+            futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
+        except BrokenProcessPool:  # a kept worker died while idle (the OOM killer, say): start afresh
+            close_worker_pool()
+            pool, queue = _worker_pool(options.workers)
+            futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
         while not all(f.done() for f in futures):
             try:
                 update(queue.get(timeout=0.2))

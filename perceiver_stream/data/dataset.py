@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,22 @@ from perceiver_stream.data.masking import MLMCollator
 from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
 from perceiver_stream.digest import file_xxh64
+from perceiver_stream.errors import first_line
 
 log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
     """Shards that cannot be trained on as configured; the message names the stream, split and file."""
+
+
+class ShardDownloadError(DataError):
+    """A shard that could not be downloaded. Raised in a loader worker, it reaches the main process as torch's
+    "Caught ... in DataLoader worker process ... Original Traceback ..." text; ``str`` is still the one line."""
+
+    def __str__(self) -> str:
+        lines = super().__str__().strip().splitlines() or [""]
+        return lines[-1].removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: ")
 
 
 class MLMStreamingDataset(StreamingDataset):
@@ -48,6 +59,36 @@ class MLMStreamingDataset(StreamingDataset):
         epoch, sample_in_epoch = super()._resume_incr_epoch()
         self._epoch = epoch
         return epoch, sample_in_epoch
+
+    _download_error: str | None = None
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Streaming's, with a shard that cannot be downloaded (after ``data.download_retry`` retries) reported as
+        one line naming it and the endpoint: in streaming's download thread the error would print a traceback and
+        the loader stop with "Background thread failed. Check other traceback"."""
+        try:
+            super().prepare_shard(shard_id, blocking)
+        except Exception as e:  # noqa: BLE001 - botocore's and the other clients' errors have no common base
+            stream = self.streams[self.stream_per_shard[shard_id]]
+            if stream.remote is None:
+                raise
+            shard = self.shards[shard_id]
+            where = "/".join(part.strip("/") for part in (stream.remote, stream.split,
+                                                          (shard.zip_data or shard.raw_data).basename) if part)
+            endpoint = os.environ.get("S3_ENDPOINT_URL", "the default endpoint")
+            self._download_error = (f"cannot download shard {where} ({endpoint}) in {stream.download_retry + 1} "
+                                    f"attempts: {type(e).__name__}: {first_line(e)}")
+            if threading.current_thread() is threading.main_thread():
+                raise ShardDownloadError(self._download_error) from None
+            self._event.set()  # stops streaming's threads; the iterator raises (see __iter__)
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except RuntimeError:
+            if self._download_error is not None:
+                raise ShardDownloadError(self._download_error) from None
+            raise
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, Any]:
         record = super().get_item(sample_id, retry)

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from convert.cli import main
 from convert.input import Stats
 from convert.sources import Source
-from convert.writer import Options, convert, is_val
+from convert.writer import Options, close_worker_pool, convert, is_val
 from perceiver_stream.data.format import PADDING, SPECIAL
 from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.data.tokenizer import fingerprint
@@ -309,6 +309,7 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
             time.sleep(0.05)
         errors.append("the two workers never started")
 
+    close_worker_pool()  # workers kept from an earlier conversion would be killed before this one starts
     killer = threading.Thread(target=kill_one_worker)
     killer.start()
     with pytest.raises(RuntimeError, match="a conversion worker died"):
@@ -317,6 +318,20 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
     killer.join()
     assert not errors
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_workers_kept_between_conversions_are_replaced_when_one_died_idle(tmp_path, wiki_files):
+    """The two workers stay after a conversion (their imports cost ~12 s each); one killed in between, the next
+    conversion starts new ones and gives the same output."""
+    options = Options(tokenizer=xlnet(), max_seq_len=64, workers=2)
+    convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "a", options)
+    kept = _workers(os.getpid())
+    assert len(kept) == 2
+    os.kill(kept[0], signal.SIGKILL)
+    convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "b", options)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert kept[0] not in _workers(os.getpid())
 
 
 def test_tokenizer_training_makes_a_loadable_fast_tokenizer(tmp_path, wiki_files):

@@ -1,50 +1,114 @@
-"""Training from shards in object storage (moto's S3 server on 127.0.0.1) with a local cache smaller than the data."""
+"""Shards and checkpoints in object storage (moto's S3 server on 127.0.0.1): a local cache smaller than the data, the
+store failing mid-epoch, checkpoints resumed from the bucket on another machine."""
 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 
 from convert.output import upload_output
 from convert.sources import Source
 from convert.writer import Options, convert
+from perceiver_stream.digest import file_xxh64
 from tests.conftest import shared_path
 from tests.train.conftest import TINY
-from tests.train.forked import train
+from tests.train.forked import Run, train
 from tests.train.test_resume import ONE_THREAD, assert_same_batches, batches, overrides
 
 pytestmark = pytest.mark.slow
+SMALL = pytest.mark.xdist_group("s3-small-shards")  # tests sharing the module's small_shards go to one worker
 
 
-def test_a_cache_smaller_than_the_data_evicts_and_trains_what_local_shards_train(s3, tmp_path):
-    """Shards read from the bucket into an empty local cache that holds four of their twenty: the same samples,
-    masks and losses as from the local shards, bitwise. Streaming checks each download against index.json's xxh64."""
-    shards = tmp_path / "shards"
+@pytest.fixture(scope="module")
+def small_shards(s3_server, tmp_path_factory) -> dict:
+    """One Wikipedia extract in twenty shards, uploaded to a bucket, and the run that trains on them locally."""
+    root = tmp_path_factory.mktemp("small")
+    shards = root / "shards"
     convert({".": Source("files", files=(str(shared_path("corpora/wikipedia/enwiki2015_wiki_00")),))}, shards,
             Options(tokenizer=str(shared_path("tokenizers/xlnet-base-cased")), max_seq_len=128, val_fraction=0.05,
                     shard_size_limit=1 << 15))
-    index = json.loads((shards / "train" / "index.json").read_text())["shards"]
-    largest = max(shard["raw_data"]["bytes"] + shard["zip_data"]["bytes"] for shard in index)
-    cache_limit = 4 * largest + 1  # the least streaming accepts: four of the shards
-    assert len(index) >= 20 and cache_limit < sum(shard["raw_data"]["bytes"] for shard in index) / 2
-    bucket = s3.bucket()
-    upload_output(shards, f"s3://{bucket}/wiki", [])
-    common = {"data.streams.bookcorpus": "null", "data.tokenizer": shared_path("tokenizers/xlnet-base-cased")}
-
-    local = tmp_path / "local"
-    result = train([TINY, *overrides(shards.parent, local, **common, **{"data.streams.wikipedia.local": shards})],
+    bucket = s3_server.bucket()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_server.env.items():
+            patch.setenv(key, value)
+        upload_output(shards, f"s3://{bucket}/wiki", [])
+    local = root / "local"
+    result = train([TINY, *overrides(shards.parent, local, **COMMON, **{"data.streams.wikipedia.local": shards})],
                    env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
-    remote = tmp_path / "remote"
+    index = json.loads((shards / "train" / "index.json").read_text())["shards"]
+    return {"shards": shards, "remote": f"s3://{bucket}/wiki", "local_run": local, "index": index}
+
+
+COMMON = {"data.streams.bookcorpus": "null", "data.tokenizer": shared_path("tokenizers/xlnet-base-cased")}
+
+
+def smallest_cache(index: list[dict]) -> int:
+    """The least cache_limit streaming accepts: four of the largest shards."""
+    return 4 * max(shard["raw_data"]["bytes"] + shard["zip_data"]["bytes"] for shard in index) + 1
+
+
+def from_bucket(small_shards: dict, cache: Path, **extra) -> dict:
+    return {**COMMON, "data.streams.wikipedia.local": cache, "data.streams.wikipedia.remote": small_shards["remote"],
+            **extra}
+
+
+@SMALL
+def test_a_cache_smaller_than_the_data_evicts_and_trains_what_local_shards_train(small_shards, s3, tmp_path):
+    """Shards read from the bucket into an empty local cache that holds four of their twenty: the same samples,
+    masks and losses as from the local shards, bitwise. Streaming checks each download against index.json's xxh64."""
+    index = small_shards["index"]
+    cache_limit = smallest_cache(index)
+    assert len(index) >= 20 and cache_limit < sum(shard["raw_data"]["bytes"] for shard in index) / 2
     cache = tmp_path / "cache"
-    result = train([TINY, *overrides(shards.parent, remote, **common, **{
-        "data.streams.wikipedia.local": cache, "data.streams.wikipedia.remote": f"s3://{bucket}/wiki",
-        "data.cache_limit": cache_limit})], env={**ONE_THREAD, **s3.env})
+    result = train([TINY, *overrides(small_shards["shards"].parent, tmp_path, **from_bucket(
+        small_shards, cache, **{"data.cache_limit": cache_limit}))], env={**ONE_THREAD, **s3.env})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_batches(remote, local)
+    assert_same_batches(tmp_path, small_shards["local_run"])
     cached = [p for p in (cache / "train").rglob("shard.*") if p.is_file()]
     assert 0 < sum(p.stat().st_size for p in cached) <= cache_limit and len(cached) < len(index)
+
+
+@SMALL
+def test_the_object_store_failing_mid_epoch_is_one_line_and_a_rerun_resumes(small_shards, s3, tmp_path):
+    """The S3 server stops after batch 12 (a checkpoint at 10): streaming's bounded retries, then one line naming
+    the shard and the endpoint, exit status 1, nothing in the cache that a later run would trust. The server back,
+    the same command resumes from the checkpoint and trains the same batches as the local run."""
+    cache = tmp_path / "cache"
+    argv = [TINY, *overrides(small_shards["shards"].parent, tmp_path, **from_bucket(
+        small_shards, cache, **{"data.cache_limit": smallest_cache(small_shards["index"]), "data.download_retry": 1,
+                                "data.download_timeout": 10}))]
+    run = Run([str(a) for a in argv], 1, {**ONE_THREAD, **s3.env, "AWS_MAX_ATTEMPTS": "2"})
+    log = tmp_path / "samples.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.exists() and len(log.read_text().splitlines()) >= 12):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before the server stopped"
+            time.sleep(0.05)
+        s3.server.stop()
+        stopped = time.monotonic()
+        result = run.result()
+    finally:
+        s3.server.start()
+    assert result.returncode == 1 and time.monotonic() - stopped < 120, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"train.py: error: cannot download shard {small_shards['remote']}/train/part-0000/shard.")
+    assert f"({s3.env['S3_ENDPOINT_URL']}) in 2 attempts: EndpointConnectionError" in error, error
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    hashes = {shard["zip_data"]["basename"]: shard["zip_data"]["hashes"]["xxh64"] for shard in small_shards["index"]}
+    for path in (cache / "train").rglob("*"):
+        name = path.relative_to(cache / "train").as_posix()
+        if path.is_file() and name.endswith(".zstd"):
+            assert file_xxh64(path) == hashes[name], name
+        elif path.is_file():
+            assert name.endswith((".mds", "index.json")), name
+
+    result = train(argv, env={**ONE_THREAD, **s3.env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_batches(tmp_path, small_shards["local_run"])
 
 
 def test_checkpoints_in_a_bucket_resume_on_another_machine_past_a_corrupted_newest_and_export(
