@@ -104,7 +104,7 @@ def test_the_object_store_failing_mid_epoch_is_one_line_and_a_rerun_resumes(smal
         if path.is_file() and name.endswith(".zstd"):
             assert file_xxh64(path) == hashes[name], name
         elif path.is_file():
-            assert name.endswith((".mds", "index.json")), name
+            assert name.endswith((".mds", "index.json", "manifest.json")), name
 
     result = train(argv, env={**ONE_THREAD, **s3.env})
     assert result.returncode == 0, result.stderr[-3000:]
