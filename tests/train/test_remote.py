@@ -4,6 +4,10 @@ store failing mid-epoch, checkpoints resumed from the bucket on another machine.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +18,7 @@ from convert.sources import Source
 from convert.writer import Options, convert
 from perceiver_stream.digest import file_xxh64
 from tests.conftest import shared_path
-from tests.train.conftest import TINY
+from tests.train.conftest import TINY, TRAIN
 from tests.train.forked import Run, train
 from tests.train.test_resume import ONE_THREAD, assert_same_batches, batches, overrides
 
@@ -109,6 +113,52 @@ def test_the_object_store_failing_mid_epoch_is_one_line_and_a_rerun_resumes(smal
     result = train(argv, env={**ONE_THREAD, **s3.env})
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_batches(tmp_path, small_shards["local_run"])
+
+
+def unshare_available() -> bool:
+    command = ["unshare", "--ipc", "--mount", "--fork", "sh", "-c", NODE_SHM]
+    return shutil.which("unshare") is not None and subprocess.run(command, capture_output=True).returncode == 0
+
+
+NODE_SHM = "mount -t tmpfs tmpfs /dev/shm"  # a node's own /dev/shm, in its own IPC and mount namespaces
+
+
+@SMALL
+@pytest.mark.skipif(not unshare_available(), reason="needs unshare --ipc --mount (root) to give each node its shm")
+def test_two_nodes_train_what_one_process_trains(small_shards, s3, tmp_path):
+    """Two nodes on this machine, each Composer's launcher with one process (--world_size 2 --node_rank R), each
+    with what a machine of its own has: a /dev/shm (streaming's shared memory) in its own IPC and mount namespaces,
+    a temporary directory (our shared-memory registration lock, streaming's file locks), a working directory and a
+    shard cache. Shards and checkpoints in the S3 server. The same samples and masks as one process, and losses
+    within the DDP tolerance of tests/train/test_equivalence.py (one process sums micro-batches in another order)."""
+    from tests.optim.test_lamb import free_port
+    from tests.train.test_equivalence import LOSS_RTOL
+
+    bucket, port, nodes = s3.bucket(), free_port(), []
+    for rank in (0, 1):
+        machine = tmp_path / f"node{rank}"
+        (machine / "tmp").mkdir(parents=True)
+        settings = from_bucket(small_shards, machine / "cache", **{"save_folder": f"s3://{bucket}/runs/{{run_name}}",
+                                                                    "max_duration": "12ba",
+                                                                    "device_train_microbatch_size": 4})
+        argv = [TINY, *overrides(small_shards["shards"].parent, machine, **settings)]
+        launcher = [sys.executable, "-m", "composer.cli.launcher", "--world_size", "2", "--nproc", "1", "--node_rank",
+                    str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port), TRAIN, *map(str, argv)]
+        nodes.append(subprocess.Popen(["unshare", "--ipc", "--mount", "--fork", "sh", "-c", NODE_SHM + ' && exec "$@"',
+                                       "node", *launcher], cwd=machine, stdout=subprocess.DEVNULL,
+                                      stderr=open(machine / "stderr", "w"),
+                                      env={**os.environ, **ONE_THREAD, **s3.env, "TMPDIR": str(machine / "tmp")}))
+    codes = [node.wait(timeout=600) for node in nodes]
+    assert codes == [0, 0], [(tmp_path / f"node{r}" / "stderr").read_text()[-2000:] for r in (0, 1)]
+    ours, theirs = batches(tmp_path / "node0"), batches(small_shards["local_run"])
+    assert sorted(ours) == list(range(1, 13))
+    for batch, record in ours.items():  # each rank's samples are logged together: the same ones, not in order
+        assert (sorted(zip(record["samples"], record["digests"], strict=True))
+                == sorted(zip(theirs[batch]["samples"], theirs[batch]["digests"], strict=True))), batch
+    gaps = [abs(ours[b]["loss"] - theirs[b]["loss"]) / theirs[b]["loss"] for b in ours]
+    print(f"two nodes: losses within {max(gaps):.2e} of one process's")
+    assert max(gaps) <= LOSS_RTOL["ddp"]
+    assert {"runs/resume/ep0-ba10-rank0.pt", "runs/resume/ep0-ba10-rank0.pt.xxh64"} <= set(s3.objects(bucket))
 
 
 def test_checkpoints_in_a_bucket_resume_on_another_machine_past_a_corrupted_newest_and_export(
