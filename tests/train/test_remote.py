@@ -61,26 +61,15 @@ def from_bucket(small_shards: dict, cache: Path, **extra) -> dict:
 
 
 @SMALL
-def test_a_cache_smaller_than_the_data_evicts_and_trains_what_local_shards_train(small_shards, s3, tmp_path):
-    """Shards read from the bucket into an empty local cache that holds four of their twenty: the same samples,
-    masks and losses as from the local shards, bitwise. Streaming checks each download against index.json's xxh64."""
+def test_a_small_cache_and_the_store_failing_mid_epoch_and_a_rerun_train_what_local_shards_train(
+        small_shards, s3, tmp_path):
+    """Shards read from the bucket into an empty local cache that holds four of their twenty (streaming evicts, and
+    checks each download against index.json's xxh64). The S3 server stops after batch 12 (a checkpoint at 10):
+    streaming's bounded retries, then one line naming the shard and the endpoint, exit status 1, nothing in the
+    cache that a later run would trust. The server back, the same command resumes from the checkpoint. Every batch
+    of the two runs holds the same samples, masks and losses as the run on the local shards, bitwise."""
     index = small_shards["index"]
-    cache_limit = smallest_cache(index)
-    assert len(index) >= 20 and cache_limit < sum(shard["raw_data"]["bytes"] for shard in index) / 2
-    cache = tmp_path / "cache"
-    result = train([TINY, *overrides(small_shards["shards"].parent, tmp_path, **from_bucket(
-        small_shards, cache, **{"data.cache_limit": cache_limit}))], env={**ONE_THREAD, **s3.env})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_batches(tmp_path, small_shards["local_run"])
-    cached = [p for p in (cache / "train").rglob("shard.*") if p.is_file()]
-    assert 0 < sum(p.stat().st_size for p in cached) <= cache_limit and len(cached) < len(index)
-
-
-@SMALL
-def test_the_object_store_failing_mid_epoch_is_one_line_and_a_rerun_resumes(small_shards, s3, tmp_path):
-    """The S3 server stops after batch 12 (a checkpoint at 10): streaming's bounded retries, then one line naming
-    the shard and the endpoint, exit status 1, nothing in the cache that a later run would trust. The server back,
-    the same command resumes from the checkpoint and trains the same batches as the local run."""
+    assert len(index) >= 20 and smallest_cache(index) < sum(shard["raw_data"]["bytes"] for shard in index) / 2
     cache = tmp_path / "cache"
     argv = [TINY, *overrides(small_shards["shards"].parent, tmp_path, **from_bucket(
         small_shards, cache, **{"data.cache_limit": smallest_cache(small_shards["index"]), "data.download_retry": 1,
@@ -113,6 +102,8 @@ def test_the_object_store_failing_mid_epoch_is_one_line_and_a_rerun_resumes(smal
     result = train(argv, env={**ONE_THREAD, **s3.env})
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_batches(tmp_path, small_shards["local_run"])
+    cached = [p for p in (cache / "train").rglob("shard.*") if p.is_file()]
+    assert 0 < sum(p.stat().st_size for p in cached) <= smallest_cache(index) and len(cached) < len(index)
 
 
 def unshare_available() -> bool:
