@@ -321,15 +321,20 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
-def test_workers_kept_between_conversions_are_replaced_when_one_died_idle(tmp_path, wiki_files):
+def test_workers_kept_between_conversions_are_replaced_when_one_died_idle(tmp_path):
     """The two workers stay after a conversion (their imports cost ~12 s each); one killed in between, the next
     conversion starts new ones and gives the same output."""
     options = Options(tokenizer=xlnet(), max_seq_len=64, workers=2)
-    convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "a", options)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"doc{i}.txt")
+        files[-1].write_text(f"The {i}th document of a small corpus, long enough for a sample or two.\n" * 20)
+    source = Source("files", files=tuple(map(str, files)))
+    convert({".": source}, tmp_path / "a", options)
     kept = _workers(os.getpid())
     assert len(kept) == 2
     os.kill(kept[0], signal.SIGKILL)
-    convert({".": Source("files", files=tuple(wiki_files))}, tmp_path / "b", options)
+    convert({".": source}, tmp_path / "b", options)
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
     assert kept[0] not in _workers(os.getpid())
 
