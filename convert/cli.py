@@ -17,6 +17,12 @@ from convert.sources import FORMATS, MAX_REPLACED_FRACTION, Source, expand_input
 DOWNLOADS = Path.home() / ".cache" / "perceiver-stream" / "registry"
 
 
+def _add_remote_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", default=None, metavar="URI",
+                        help="also upload the output there (s3://bucket/prefix; S3_ENDPOINT_URL and AWS_* settings "
+                             "as for streaming); its manifests last, so a remote with a manifest is complete")
+
+
 def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: float) -> None:
     parser.add_argument("--tokenizer", required=True, help="hub name or local directory of a fast tokenizer")
     parser.add_argument("--out", required=True, type=Path, help="output directory (must be empty or absent)")
@@ -30,9 +36,7 @@ def _add_conversion_arguments(parser: argparse.ArgumentParser, val_fraction: flo
     parser.add_argument("--max-replaced-fraction", type=float, default=MAX_REPLACED_FRACTION,
                         help="fail when more than this fraction of an input file's bytes is not UTF-8")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (and --remote)")
-    parser.add_argument("--remote", default=None, metavar="URI",
-                        help="also upload the output there (s3://bucket/prefix; S3_ENDPOINT_URL and AWS_* settings "
-                             "as for streaming); its manifests last, so a remote with a manifest is complete")
+    _add_remote_argument(parser)
 
 
 def _add_labelled_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +48,7 @@ def _add_labelled_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of documents (by stable hash) in the val split")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier conversion at --out (and --remote)")
-    parser.add_argument("--remote", default=None, metavar="URI",
-                        help="also upload the output there (s3://bucket/prefix; S3_ENDPOINT_URL and AWS_* settings "
-                             "as for streaming); its manifests last, so a remote with a manifest is complete")
+    _add_remote_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.classifier import PerceiverClassifier
 from perceiver_stream.model.config import PerceiverClassifierConfig
 from perceiver_stream.model.hf import to_hf, to_hf_classifier
-from perceiver_stream.remote import RemoteError, download, is_remote, list_objects
+from perceiver_stream.remote import RemoteError, is_remote, list_objects
 from perceiver_stream.train.config import TrainConfig, build_train_config
 
 
@@ -71,15 +71,13 @@ def load_checkpoint_model(checkpoint: str | Path, config: PerceiverMLMConfig | P
     return model.eval()
 
 
-def fetch_checkpoint(uri: str, folder: Path) -> Path:
-    """A checkpoint file in object storage, downloaded into ``folder`` with the digest the run uploaded beside it,
+def fetch_intact(uri: str, local: Path) -> Path:
+    """A checkpoint file in object storage, downloaded into ``local`` with the digest the run uploaded beside it,
     and checked against it (without one, against its CRC-32s)."""
-    from perceiver_stream.train.resume import is_intact
+    from perceiver_stream.train.resume import fetch_checkpoint, is_intact
 
-    path = folder / uri.rstrip("/").rsplit("/", 1)[-1]
-    download(uri, path)
-    if f"{path.name}.xxh64" in list_objects(uri.rsplit("/", 1)[0]):
-        download(f"{uri}.xxh64", path.with_name(f"{path.name}.xxh64"))
+    folder, name = uri.rstrip("/").rsplit("/", 1)
+    path = fetch_checkpoint(folder, name, local, set(list_objects(folder)))
     if not is_intact(path):
         raise CheckpointError(f"{uri}: its bytes do not match the digest recorded when it was written (or, without "
                               "one, its CRC-32s); export an earlier checkpoint")
@@ -96,7 +94,7 @@ def export(checkpoint: str | Path, out: str | Path, *, config: str | None = None
     """
     if is_remote(checkpoint):
         with tempfile.TemporaryDirectory() as folder:
-            return export(fetch_checkpoint(str(checkpoint), Path(folder)), out, config=config, overrides=overrides)
+            return export(fetch_intact(str(checkpoint), Path(folder)), out, config=config, overrides=overrides)
     overrides = list(overrides or [])
     state = read_checkpoint(checkpoint)
     cfg, trained_fingerprint = run_config(state, checkpoint, config, overrides)

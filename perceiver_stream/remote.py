@@ -39,10 +39,6 @@ def _bucket_store(backend: str, bucket: str, endpoint: str | None):
         raise RemoteError(f"{backend}://{bucket}: no object store for {backend}:// ({first_line(e)})") from None
 
 
-def _key(prefix: str, name: str) -> str:
-    return f"{prefix}/{name}" if prefix else name
-
-
 def _failed(what: str, uri: str, error: Exception) -> RemoteError:
     return RemoteError(f"{what} {uri}: {type(error).__name__}: {first_line(error)}")
 

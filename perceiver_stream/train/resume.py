@@ -143,27 +143,35 @@ def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
     return newest
 
 
+def fetch_checkpoint(folder: str, name: str, local: Path, listed: set[str]) -> Path:
+    """``folder/name`` from object storage into ``local`` (unless it is there already), with the digest the run
+    uploaded beside it when ``listed`` (the folder's objects) holds one, ready for ``is_intact``."""
+    from perceiver_stream.remote import download
+
+    path = local / name
+    if not path.exists():
+        download(f"{folder}/{name}", path)
+    if f"{name}.xxh64" in listed and not _digest_file(path).exists():
+        download(f"{folder}/{name}.xxh64", _digest_file(path))
+    return path
+
+
 def fetch_newest_intact(remote: str, local: Path) -> Path | None:
-    """For a ``save_folder`` in object storage: download the newest checkpoint there whose bytes are intact
-    (``is_intact``, against the digest uploaded beside it) into ``local``, the folder where Composer writes
-    before uploading and where its autoresume looks first; ``repair_latest(local)`` then points ``latest`` at it.
+    """For a ``save_folder`` in object storage: download into ``local`` the newest checkpoint there whose bytes are
+    intact (``is_intact``, against the digest uploaded beside it); the trainer loads it as its ``load_path``.
 
     An object that is not intact is renamed ``*.corrupt`` in the bucket with a warning naming it (as locally: the
     run saves that checkpoint again, and Composer does not overwrite an object), and the previous one is tried.
     A sharded checkpoint (a directory of objects) is not handled here. Returns the checkpoint, or None.
     """
-    from perceiver_stream.remote import download, list_objects, move
+    from perceiver_stream.remote import list_objects, move
 
     base = remote.rstrip("/")
     names = set(list_objects(base))
     found = [((int(m.group(1)), int(m.group(2))), name) for name in names
              if (m := _CHECKPOINT.match(name)) and m.group(3)]
     for _, name in sorted(found, reverse=True):
-        path = local / name
-        if not path.exists():
-            download(f"{base}/{name}", path)
-        if f"{name}.xxh64" in names and not _digest_file(path).exists():
-            download(f"{base}/{name}.xxh64", _digest_file(path))
+        path = fetch_checkpoint(base, name, local, names)
         if is_intact(path):
             return path
         log.warning("checkpoint %s/%s %s; renamed %s/%s.corrupt, resuming from the previous checkpoint", base, name,
