@@ -17,6 +17,7 @@ from perceiver_stream.data import DataError
 from perceiver_stream.remote import RemoteError
 from perceiver_stream.train.callbacks import NonFiniteLossError
 from perceiver_stream.train.config import build_train_config
+from perceiver_stream.train.peers import lost_peer_message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summary", action="store_true", help="print the plan and exit")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = None
     try:
         cfg = build_train_config(load(args.config, args.overrides))
         from composer.utils import dist
@@ -41,14 +43,29 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, CheckpointError, RemoteError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
-    if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
-        trainer.eval()
+    except Exception as e:  # another rank that never came (rendezvous)
+        if cfg is not None:
+            stop_if_a_peer_is_lost(e, cfg.dist_timeout)
+        raise
     try:
+        if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
+            trainer.eval()
         trainer.fit()
     except (NonFiniteLossError, DataError) as e:  # a loss that is not finite, a shard that cannot be downloaded
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:  # another rank gone or silent in a collective
+        stop_if_a_peer_is_lost(e, cfg.dist_timeout)
+        raise
     trainer.close()
+
+
+def stop_if_a_peer_is_lost(error: Exception, dist_timeout: float) -> None:
+    """Exit with one line when ``error`` says that another rank of the run is gone; otherwise return."""
+    message = lost_peer_message(error, dist_timeout)
+    if message is not None:
+        print(f"train.py: error: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

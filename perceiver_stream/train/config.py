@@ -124,6 +124,9 @@ class TrainConfig:
     Attributes:
         task: ``mlm`` (pretraining, this class) or ``classification`` (``ClassifierTrainConfig``): which model and
             data the ``model:`` and ``data:`` sections describe.
+        dist_timeout: seconds a rank waits for the others, at start and in each collective (torch's default is
+            30 minutes). A rank that dies is noticed at once; one silent this long counts as lost too. Either way
+            every rank stops with one line, and relaunching all nodes with ``autoresume`` continues the run.
     """
 
     model: PerceiverMLMConfig
@@ -163,6 +166,8 @@ class TrainConfig:
                 raise ValueError(f"{key}={getattr(self, key)}: must be at least 1")
         if self.precision not in ("fp32", "amp_bf16", "amp_fp16"):
             raise ValueError(f"precision={self.precision!r}: expected fp32, amp_bf16 or amp_fp16")
+        if self.dist_timeout <= 0:
+            raise ValueError(f"dist_timeout={self.dist_timeout}: must be a positive number of seconds")
         if self.autoresume and (self.save_folder is None or not self.run_name):
             raise ValueError("autoresume=true needs save_folder and run_name (the run is found by its name)")
         if self.model.max_seq_len < self.data.max_seq_len:

@@ -158,7 +158,9 @@ def fetch_checkpoint(folder: str, name: str, local: Path, listed: set[str]) -> P
 
 def fetch_newest_intact(remote: str, local: Path) -> Path | None:
     """For a ``save_folder`` in object storage: download into ``local`` the newest checkpoint there whose bytes are
-    intact (``is_intact``, against the digest uploaded beside it); the trainer loads it as its ``load_path``.
+    intact (``is_intact``, against the digest uploaded beside it); the trainer loads it as its ``load_path``. One
+    process of the run decides (the others fetch its choice, ``fetch_intact``): two nodes checking the bucket at
+    once would both rename a corrupted object, or one would download what the other is renaming.
 
     An object that is not intact is renamed ``*.corrupt`` in the bucket with a warning naming it (as locally: the
     run saves that checkpoint again, and Composer does not overwrite an object), and the previous one is tried.
@@ -181,6 +183,19 @@ def fetch_newest_intact(remote: str, local: Path) -> Path | None:
         path.unlink()
         _digest_file(path).unlink(missing_ok=True)
     return None
+
+
+def fetch_intact(remote: str, name: str, local: Path) -> Path:
+    """``remote/name`` (the checkpoint another process chose with ``fetch_newest_intact``) into ``local``, checked."""
+    from perceiver_stream.checkpoint import CheckpointError
+    from perceiver_stream.remote import list_objects
+
+    base = remote.rstrip("/")
+    path = fetch_checkpoint(base, name, local, set(list_objects(base)))
+    if not is_intact(path):
+        raise CheckpointError(f"checkpoint {base}/{name} arrived here with other bytes than where it was checked; "
+                              "relaunch to resume again")
+    return path
 
 
 # model.* settings a resumed run may change: they do not shape the weights or what they compute.

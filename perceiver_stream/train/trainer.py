@@ -38,7 +38,7 @@ from perceiver_stream.train.callbacks import (
 )
 from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, batch_plan
 from perceiver_stream.train.finetune import initial_classifier
-from perceiver_stream.train.resume import check_model_settings, fetch_newest_intact, repair_latest
+from perceiver_stream.train.resume import check_model_settings, fetch_intact, fetch_newest_intact, repair_latest
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         newest = repair_latest(folder, plan.devices)
         if newest is not None:
             check_model_settings(newest, to_dict(cfg.model))
-    elif cfg.autoresume and bucket is not None and dist.get_local_rank() == 0:  # every node: a disk of its own
+    elif cfg.autoresume and bucket is not None and dist.get_global_rank() == 0:
         resume_from = fetch_newest_intact(bucket, folder)
         if resume_from is not None:
             check_model_settings(resume_from, to_dict(cfg.model))
@@ -226,10 +226,13 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     # Before the loaders (as the Trainer would later): their shared memory registration waits on the ranks' barrier.
     dist.initialize_dist(device_name(), cfg.dist_timeout)
     if bucket is not None and cfg.autoresume:
-        # Composer's own autoresume would load the newest object whatever its bytes: it is given the checked one.
-        # Every node's local rank 0 fetched the same (the newest intact); global rank 0's name decides.
+        # Composer's own autoresume would load the newest object whatever its bytes: it is given the checked one,
+        # which every other node fetches to a disk of its own.
         chosen = [None if resume_from is None else resume_from.name]
         dist.broadcast_object_list(chosen, src=0)
+        if chosen[0] is not None and dist.get_local_rank() == 0 and dist.get_global_rank() != 0:
+            fetch_intact(bucket, chosen[0], folder)
+        dist.barrier()
         resume_from = None if chosen[0] is None else folder / chosen[0]
     train_loader = build_dataloader(cfg.data, info, "train", plan.device_batch_size, cfg.seed)
     eval_loader = build_dataloader(cfg.data, info, "val", cfg.device_eval_batch_size, cfg.seed)

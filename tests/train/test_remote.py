@@ -10,8 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from convert.output import upload_output
@@ -115,84 +117,157 @@ def unshare_available() -> bool:
 NODE_SHM = "mount -t tmpfs tmpfs /dev/shm"  # a node's own /dev/shm, in its own IPC and mount namespaces
 
 
-@SMALL
-@pytest.mark.skipif(not unshare_available(), reason="needs unshare --ipc --mount (root) to give each node its shm")
-def test_two_nodes_train_what_one_process_trains(small_shards, s3, tmp_path):
+@dataclass
+class Nodes:
+    """The two launchers of a two-node run and what each node's machine holds."""
+    launchers: list[subprocess.Popen]
+    machines: list[Path]
+    temporaries: list[Path]
+
+    def wait(self, timeout: float) -> list[int]:
+        codes = [launcher.wait(timeout=timeout) for launcher in self.launchers]
+        for temporary in self.temporaries:
+            shutil.rmtree(temporary, ignore_errors=True)
+        return codes
+
+    def stderr(self) -> list[str]:
+        return [(machine / "stderr").read_text() for machine in self.machines]
+
+
+def launch_nodes(small_shards: dict, env: dict[str, str], root: Path, bucket: str, **extra) -> Nodes:
     """Two nodes on this machine, each Composer's launcher with one process (--world_size 2 --node_rank R), each
     with what a machine of its own has: a /dev/shm (streaming's shared memory) in its own IPC and mount namespaces,
     a temporary directory (our shared-memory registration lock, streaming's file locks), a working directory and a
-    shard cache. Shards and checkpoints in the S3 server. The same samples and masks as one process, and losses
-    within the DDP tolerance of tests/train/test_equivalence.py (one process sums micro-batches in another order)."""
+    shard cache. Shards and checkpoints in the S3 server."""
     from tests.optim.test_lamb import free_port
-    from tests.train.test_equivalence import LOSS_RTOL
 
-    bucket, port, nodes, temporaries = s3.bucket(), free_port(), [], []
+    port, nodes = free_port(), Nodes([], [], [])
     for rank in (0, 1):
-        machine = tmp_path / f"node{rank}"
-        machine.mkdir()
+        machine = root / f"node{rank}"
+        machine.mkdir(parents=True)
         # short: multiprocessing's sockets live there, and a Unix socket's path is at most 107 bytes
         temporary = Path(tempfile.mkdtemp(prefix=f"node{rank}-"))
-        temporaries.append(temporary)
-        settings = from_bucket(small_shards, machine / "cache", **{"save_folder": f"s3://{bucket}/runs/{{run_name}}",
-                                                                    "max_duration": "12ba",
-                                                                    "device_train_microbatch_size": 4})
+        settings = from_bucket(small_shards, machine / "cache", **{
+            "save_folder": f"s3://{bucket}/runs/{{run_name}}", "save_interval": "4ba",
+            "max_duration": f"{NODE_BATCHES}ba", "device_train_microbatch_size": 4, **extra})
         argv = [TINY, *overrides(small_shards["shards"].parent, machine, **settings)]
         launcher = [sys.executable, "-m", "composer.cli.launcher", "--world_size", "2", "--nproc", "1", "--node_rank",
                     str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port), TRAIN, *map(str, argv)]
-        nodes.append(subprocess.Popen(["unshare", "--ipc", "--mount", "--fork", "sh", "-c", NODE_SHM + ' && exec "$@"',
-                                       "node", *launcher], cwd=machine, stdout=subprocess.DEVNULL,
-                                      stderr=open(machine / "stderr", "w"),
-                                      env={**os.environ, **ONE_THREAD, **s3.env, "TMPDIR": str(temporary)}))
-    codes = [node.wait(timeout=600) for node in nodes]
-    for temporary in temporaries:
-        shutil.rmtree(temporary, ignore_errors=True)
-    assert codes == [0, 0], [(tmp_path / f"node{r}" / "stderr").read_text()[-2000:] for r in (0, 1)]
-    ours, theirs = batches(tmp_path / "node0"), batches(small_shards["local_run"])
-    assert sorted(ours) == list(range(1, 13))
+        nodes.launchers.append(subprocess.Popen(
+            ["unshare", "--ipc", "--mount", "--fork", "sh", "-c", NODE_SHM + ' && exec "$@"', "node", *launcher],
+            cwd=machine, stdout=subprocess.DEVNULL, stderr=open(machine / "stderr", "w"),
+            env={**os.environ, **ONE_THREAD, **env, "TMPDIR": str(temporary)}))
+        nodes.machines.append(machine)
+        nodes.temporaries.append(temporary)
+    return nodes
+
+
+NODE_BATCHES = 24
+DIST_TIMEOUT = 60  # seconds: how long a rank waits for a peer in a collective
+
+
+def batch_of(key: str) -> int:
+    """The batch of a checkpoint's name (ep1-ba20-rank0.pt: 20)."""
+    return int(key.rsplit("/", 1)[-1].split("-ba")[1].split("-")[0])
+
+
+def processes_of(machine: Path) -> list[str]:
+    """Command lines of the processes still running that were started for ``machine`` (its paths are in each)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if str(machine) in command:
+            found.append(command)
+    return found
+
+
+def training_process(launcher: subprocess.Popen) -> psutil.Process:
+    """The rank that a node's launcher started (not the launcher, not the rank's loader workers)."""
+    for process in psutil.Process(launcher.pid).children(recursive=True):
+        if process.cmdline()[1:2] == [TRAIN] and process.parent().cmdline()[1:3] == ["-m", "composer.cli.launcher"]:
+            return process
+    raise AssertionError("no training process under the launcher")
+
+
+@pytest.fixture(scope="module")
+def two_nodes(small_shards, s3_server, tmp_path_factory) -> dict:
+    """An uninterrupted two-node run of NODE_BATCHES batches, checkpoints in a bucket."""
+    if not unshare_available():
+        pytest.skip("needs unshare --ipc --mount (root) to give each node its own shm")
+    root, bucket = tmp_path_factory.mktemp("two-nodes"), s3_server.bucket()
+    nodes = launch_nodes(small_shards, s3_server.env, root, bucket)
+    assert nodes.wait(timeout=600) == [0, 0], [text[-2000:] for text in nodes.stderr()]
+    return {"run": nodes.machines[0], "bucket": bucket}
+
+
+@SMALL
+def test_two_nodes_train_what_one_process_trains(small_shards, two_nodes, s3):
+    """The same samples and masks as one process, and losses within the DDP tolerance of
+    tests/train/test_equivalence.py (one process sums micro-batches in another order)."""
+    from tests.train.test_equivalence import LOSS_RTOL
+
+    ours, theirs = batches(two_nodes["run"]), batches(small_shards["local_run"])
+    assert sorted(ours) == list(range(1, NODE_BATCHES + 1))
     for batch, record in ours.items():  # each rank's samples are logged together: the same ones, not in order
         assert (sorted(zip(record["samples"], record["digests"], strict=True))
                 == sorted(zip(theirs[batch]["samples"], theirs[batch]["digests"], strict=True))), batch
     gaps = [abs(ours[b]["loss"] - theirs[b]["loss"]) / theirs[b]["loss"] for b in ours]
     print(f"two nodes: losses within {max(gaps):.2e} of one process's")
     assert max(gaps) <= LOSS_RTOL["ddp"]
-    assert {"runs/resume/ep0-ba10-rank0.pt", "runs/resume/ep0-ba10-rank0.pt.xxh64"} <= set(s3.objects(bucket))
+    stored = s3.objects(two_nodes["bucket"], "runs/resume/")
+    assert sorted(batch_of(key) for key in stored if key.endswith(".pt")) == list(range(4, NODE_BATCHES + 1, 4))
+    assert all(f"{key}.xxh64" in stored for key in stored if key.endswith(".pt")), stored
 
 
-def test_checkpoints_in_a_bucket_resume_on_another_machine_past_a_corrupted_newest_and_export(
-        s3, tiny_shards, tmp_path, capsys):
-    """A run saves to s3://; another working directory (another machine: no local copy) resumes from the bucket.
-    The newest checkpoint there was corrupted after its digest was uploaded: it is renamed ``*.corrupt`` with a
-    warning naming it and the previous one resumed, with the same batches as the first run had from there."""
+@SMALL
+def test_a_node_lost_stops_the_other_and_a_relaunch_elsewhere_resumes_from_the_bucket_past_a_corrupted_newest(
+        small_shards, two_nodes, s3, tmp_path, capsys):
+    """Node 1's training process is killed (SIGKILL) mid-run: node 0 ends within a bounded time with one line
+    naming what happened, and neither node leaves a process behind. The newest checkpoint in the bucket is then
+    corrupted; both nodes relaunched on other machines (nothing local) resume from the previous one, with a warning
+    naming the corrupted one, and every batch equals the uninterrupted run's. The last checkpoint exports from the
+    bucket; the corrupted one is refused."""
     from perceiver_stream.export import main as export_main
 
     bucket = s3.bucket()
-    remote = {"save_folder": f"s3://{bucket}/runs/{{run_name}}"}
-    first, second = tmp_path / "first", tmp_path / "second"
-    for machine in (first, second):
-        machine.mkdir()
-    result = train([TINY, *overrides(tiny_shards, first, **remote, max_duration="20ba")], env={**ONE_THREAD, **s3.env},
-                   cwd=first)
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoints = ["ep0-ba10-rank0.pt", "ep1-ba20-rank0.pt"]
+    lost = launch_nodes(small_shards, s3.env, tmp_path / "first", bucket, dist_timeout=DIST_TIMEOUT)
+    deadline = time.monotonic() + 300
+    while "runs/resume/ep0-ba8-rank0.pt.xxh64" not in s3.objects(bucket):
+        assert all(launcher.poll() is None for launcher in lost.launchers) and time.monotonic() < deadline, \
+            [text[-2000:] for text in lost.stderr()]
+        time.sleep(0.1)
+    training_process(lost.launchers[1]).kill()
+    killed = time.monotonic()
+    codes = lost.wait(timeout=DIST_TIMEOUT + 120)
+    print(f"node 0 ended {time.monotonic() - killed:.1f} s after node 1 was killed")
+    node0 = lost.stderr()[0]
+    assert codes[0] != 0 and time.monotonic() - killed < DIST_TIMEOUT + 60, node0[-3000:]
+    assert "Traceback" not in node0, node0[-3000:]
+    errors = [line for line in node0.splitlines() if line.startswith("train.py: error: ")]
+    assert len(errors) == 1 and "lost" in errors[0], node0[-3000:]
+    for machine in lost.machines:
+        assert processes_of(machine) == [], machine
+
     stored = s3.objects(bucket, "runs/resume/")
-    assert [f"runs/resume/{name}{suffix}" for name in checkpoints for suffix in ("", ".xxh64")] == \
-        [key for key in stored if not key.endswith(".symlink")]
-    newest = f"runs/resume/{checkpoints[-1]}"
+    checkpoints = sorted((key for key in stored if key.endswith(".pt")), key=batch_of)
+    newest = checkpoints[-1]  # its digest may not have been uploaded when the run stopped
+    reason = ("does not match the digest recorded when it was written" if f"{newest}.xxh64" in stored else
+              "has no digest and its CRC-32 check fails")
     data = bytearray(s3.client().get_object(Bucket=bucket, Key=newest)["Body"].read())
     data[len(data) // 2] ^= 0xFF
     s3.client().put_object(Bucket=bucket, Key=newest, Body=bytes(data))
-
-    result = train([TINY, *overrides(tiny_shards, second, **remote, max_duration="30ba")],
-                   env={**ONE_THREAD, **s3.env}, cwd=second)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (f"checkpoint s3://{bucket}/runs/resume/{checkpoints[-1]} does not match the digest recorded when it was "
-            f"written; renamed s3://{bucket}/runs/resume/{checkpoints[-1]}.corrupt") in result.stderr
-    ours, theirs = batches(second), batches(first)
-    assert sorted(ours) == list(range(11, 31))
-    for batch in range(11, 21):
+    relaunched = launch_nodes(small_shards, s3.env, tmp_path / "second", bucket, dist_timeout=DIST_TIMEOUT)
+    assert relaunched.wait(timeout=600) == [0, 0], [text[-2000:] for text in relaunched.stderr()]
+    assert f"checkpoint s3://{bucket}/{newest} {reason}; renamed s3://{bucket}/{newest}.corrupt" in \
+        relaunched.stderr()[0]
+    ours, theirs = batches(relaunched.machines[0]), batches(two_nodes["run"])
+    previous = batch_of(checkpoints[-2]) if len(checkpoints) > 1 else 0
+    assert sorted(ours) == list(range(previous + 1, NODE_BATCHES + 1))
+    for batch in ours:
         assert ours[batch] == theirs[batch], batch
 
-    export_main([f"s3://{bucket}/runs/resume/ep2-ba30-rank0.pt", "--out", str(tmp_path / "hf")])
+    last = next(key for key in s3.objects(bucket, "runs/resume/") if key.endswith(f"-ba{NODE_BATCHES}-rank0.pt"))
+    export_main([f"s3://{bucket}/{last}", "--out", str(tmp_path / "hf")])
     assert (tmp_path / "hf" / "config.json").exists()
     with pytest.raises(SystemExit):
         export_main([f"s3://{bucket}/{newest}.corrupt", "--out", str(tmp_path / "bad")])
