@@ -1,5 +1,5 @@
 """Shards and checkpoints in object storage (moto's S3 server on 127.0.0.1): a local cache smaller than the data, the
-store failing mid-epoch, checkpoints resumed from the bucket on another machine."""
+store failing mid-epoch; two nodes, one of them lost, and the run resumed from the bucket on other machines."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from tests.train.test_resume import ONE_THREAD, assert_same_batches, batches, ov
 
 pytestmark = pytest.mark.slow
 SMALL = pytest.mark.xdist_group("s3-small-shards")  # tests sharing the module's small_shards go to one worker
+NODE_BATCHES = 24
+DIST_TIMEOUT = 60  # seconds: how long a rank waits for a peer in a collective
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +162,6 @@ def launch_nodes(small_shards: dict, env: dict[str, str], root: Path, bucket: st
         nodes.machines.append(machine)
         nodes.temporaries.append(temporary)
     return nodes
-
-
-NODE_BATCHES = 24
-DIST_TIMEOUT = 60  # seconds: how long a rank waits for a peer in a collective
 
 
 def batch_of(key: str) -> int:
