@@ -12,6 +12,8 @@ import re
 
 from torch.distributed import DistError
 
+from perceiver_stream.errors import first_line
+
 _SOURCE_LOCATION = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*")  # gloo's "[/pytorch/.../pair.cc:534] "
 
 
@@ -19,7 +21,7 @@ def lost_peer_message(error: BaseException, dist_timeout: float) -> str | None:
     """One line for a collective or rendezvous that failed because a peer is gone or silent; None for any other
     error. Gloo raises a plain RuntimeError whose text comes from its transport; NCCL and the rendezvous store
     raise torch's ``DistError`` subclasses."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = first_line(error)
     if not (isinstance(error, DistError) or (isinstance(error, RuntimeError) and "gloo/transport" in text)):
         return None
     return (f"lost contact with another rank of this run ({_SOURCE_LOCATION.sub('', text)}; a rank silent for "
