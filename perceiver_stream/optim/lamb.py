@@ -156,22 +156,28 @@ class Lamb(Optimizer):
             beta1, beta2 = group["betas"]
 
             torch._foreach_add_(steps, 1.0)
-            device = local_params[0].device
-            flats = None
+            device, dtype = local_params[0].device, local_params[0].dtype
             fused = device.type == "cuda" if self.fused is None else self.fused
-            if fused and fused_kernels.available(device.type):
-                moments, apply = fused_kernels.kernels()
-                flats = [[t.detach().view(-1) for t in tensors]
-                         for tensors in zip(local_params, grads, exp_avgs, exp_avg_sqs, strict=True)]
-                squares = torch.stack([square for p, g, m, v in flats for square in moments(
-                    p, g, m, v, beta1, beta2, group["eps"], group["weight_decay"])])
-            else:
-                updates = self._foreach_updates(local_params, grads, exp_avgs, exp_avg_sqs, group)
-                squares = torch.stack([n.to(device) for pair in zip(
-                    torch._foreach_norm(local_params), torch._foreach_norm(updates), strict=True)
-                    for n in pair]).square()
+            fused = fused and fused_kernels.available(device.type)
+            # Compiled passes for large tensors; the small ones (norms, biases: over half the tensors, a
+            # fraction of a percent of the elements) in one _foreach batch, not a compiled call each.
+            large = [i for i, p in enumerate(local_params) if fused and p.numel() >= fused_kernels.MIN_ELEMENTS]
+            small = sorted(set(range(len(params))) - set(large))
+            squares = torch.empty(len(params), 2, device=device, dtype=dtype)
+            moments, apply = fused_kernels.kernels() if large else (None, None)
+            flats = [[t.detach().view(-1) for t in (local_params[i], grads[i], exp_avgs[i], exp_avg_sqs[i])]
+                     for i in large]
+            if large:
+                squares[large] = torch.stack([torch.stack(moments(
+                    p, g, m, v, beta1, beta2, group["eps"], group["weight_decay"])) for p, g, m, v in flats])
+            if small:
+                updates = self._foreach_updates(*([tensors[i] for i in small] for tensors in (
+                    local_params, grads, exp_avgs, exp_avg_sqs)), group)
+                squares[small] = torch.stack([torch.stack(pair) for pair in zip(
+                    torch._foreach_norm([local_params[i] for i in small]), torch._foreach_norm(updates),
+                    strict=True)]).to(device).square()
             if any(sharded):
-                squares = self._all_reduce_squares(squares, sharded, meshes)
+                squares = self._all_reduce_squares(squares.view(-1), sharded, meshes)
             norms = squares.view(-1, 2).sqrt()
             weight_norm, update_norm = norms[:, 0].clamp(0, group["clamp_value"]), norms[:, 1]
             if group["adam"]:
@@ -184,11 +190,10 @@ class Lamb(Optimizer):
             else:
                 corrections = [1.0] * len(steps)
             scale = trust * torch.tensor(corrections, device=device, dtype=trust.dtype) * -group["lr"]
-            if flats is not None:
-                for (p, _, m, v), factor in zip(flats, scale.to(local_params[0].dtype).unbind(), strict=True):
-                    apply(p, m, v, factor, group["eps"], group["weight_decay"])
-            else:
-                torch._foreach_addcmul_(local_params, updates, list(scale.to(updates[0].dtype).unbind()))
+            for (p, _, m, v), factor in zip(flats, scale[large].unbind(), strict=True):
+                apply(p, m, v, factor, group["eps"], group["weight_decay"])
+            if small:
+                torch._foreach_addcmul_([local_params[i] for i in small], updates, list(scale[small].unbind()))
         return loss
 
     def _foreach_updates(self, local_params: list[torch.Tensor], grads: list[torch.Tensor],

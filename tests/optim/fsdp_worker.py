@@ -9,7 +9,8 @@ DTensors, whose ``torch.norm`` all-reduces (two blocking collectives per paramet
 ``ours_flat_shards`` is our Lamb with ``process_group="world"`` on FSDP1's layout, written out by hand (torch's
 FSDP1 needs CUDA in Composer): each rank holds a contiguous slice of every flattened parameter, uneven, and for
 some parameters an empty one without a gradient, as FSDP1 leaves it. ``*_fused``: the same with our Lamb's
-compiled two-pass update, against the single-process run of the ``_foreach`` update.
+compiled two-pass update (for shards of ``fused_kernels.MIN_ELEMENTS`` or more), against the single-process run of the
+``_foreach`` update.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from perceiver_stream.optim import Lamb
+from perceiver_stream.optim import fused as fused_kernels
 
 STEPS, LR = 3, 0.01
+# The toy's tensors are small: lowered so that the fused runs take the compiled path for the larger local
+# shards and the _foreach path for the others, both in one step.
+fused_kernels.MIN_ELEMENTS = 1000
 
 
 def make_model() -> nn.Sequential:

@@ -14,6 +14,7 @@ import torch_optimizer
 
 from perceiver_stream.model import PerceiverMLM
 from perceiver_stream.optim import Lamb, OptimizerConfig, build_optimizer, param_groups
+from perceiver_stream.optim import fused as fused_kernels
 from tests.conftest import REPO
 from tests.model.test_model import small_config
 
@@ -35,8 +36,12 @@ def set_random_grads(models, generator: torch.Generator) -> None:
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("debias", [False, True])
 @pytest.mark.parametrize("adam", [False, True])
-def test_matches_torch_optimizer_lamb(debias, adam, fused):
+def test_matches_torch_optimizer_lamb(debias, adam, fused, monkeypatch):
     ours_model, ref_model = twin_models()
+    # the fused step compiles the passes for tensors of MIN_ELEMENTS or more, the rest take _foreach: both here
+    monkeypatch.setattr(fused_kernels, "MIN_ELEMENTS", 4096)
+    numels = [p.numel() for p in ours_model.parameters()]
+    assert min(numels) < fused_kernels.MIN_ELEMENTS <= max(numels)
     initial = [p.detach().clone() for p in ours_model.parameters()]
     groups = param_groups(ours_model, 0.01, ["latents"])
     ref_groups = param_groups(ref_model, 0.01, ["latents"])
