@@ -2,6 +2,7 @@
 stated as a fraction of the limit, which means the same on this CPU and on a GPU.
 
 - ``memory_bandwidth``: bytes read plus written per second by a large tensor copy (the best of a few).
+- ``matmul_peak``: FLOP/s of a large square GEMM (fp32 on a CPU, bf16 on a GPU by default; the best of a few).
 """
 
 from __future__ import annotations
@@ -35,3 +36,13 @@ def memory_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -
     dst = torch.empty_like(src)
     return 2 * src.numel() * 4 / _best_seconds(lambda: dst.copy_(src), device, repeats)
 
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, size: int | None = None,
+                repeats: int = 5) -> float:
+    """FLOP/s of a ``size`` x ``size`` GEMM (2 * size^3 FLOPs)."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2 * size**3 / _best_seconds(lambda: a @ b, device, repeats)

@@ -2,8 +2,14 @@
 
 Same configuration, same batch (15% of positions labelled, as whole-word masking produces), same optimizer
 (fused AdamW), in one process, steps interleaved (alternating which goes first) so both see the same machine
-state. CPU fp32; on a GPU also bf16 autocast. Prints one JSON object per shape, last:
-``{"shape", "device", "ours_tokens_per_s", "hf_tokens_per_s", "ratio"}``.
+state. CPU fp32; on a GPU bf16 autocast. Each model's step is also stated as a fraction of the dense matmul
+throughput measured in the same process (``bench/limits.py``: a large fp32 GEMM on a CPU, bf16 on a GPU), an MFU
+that means the same on either: ``ours_fraction_of_matmul_peak`` counts our step's FLOPs as SpeedMonitor does
+(``perceiver_stream.model.flops.training_flops``: the decoder and head run on labelled positions only);
+``hf_fraction_of_matmul_peak`` counts what PerceiverForMaskedLM computes (the same formula with every position
+decoded and scored). Prints one JSON object per shape, last: ``{"shape", "device", "ours_tokens_per_s",
+"hf_tokens_per_s", "ratio", "matmul_peak_tflop_s", "ours_fraction_of_matmul_peak",
+"hf_fraction_of_matmul_peak"}``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from limits import matmul_peak
 from transformers import PerceiverForMaskedLM
 
 from perceiver_stream.model import DecoderConfig, EncoderConfig, PerceiverMLM, PerceiverMLMConfig
+from perceiver_stream.model.flops import training_flops
 from perceiver_stream.model.hf import to_hf_config
 from perceiver_stream.model.mlm import IGNORE_INDEX
 
@@ -70,7 +78,7 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def run(shape: str, steps: int, device: torch.device) -> dict:
+def run(shape: str, steps: int, device: torch.device, peak: float) -> dict:
     batch_size, config = SHAPES[shape]["batch"], SHAPES[shape]["config"]
     torch.manual_seed(0)
     ours = PerceiverMLM(config).to(device).train()
@@ -92,9 +100,13 @@ def run(shape: str, steps: int, device: torch.device) -> dict:
     for i in range(steps):  # alternate which model goes first, so neither always runs after the other
         for name in list(steps_fns) if i % 2 == 0 else reversed(list(steps_fns)):
             times[name].append(timed(steps_fns[name], device))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
     tokens = batch_size * config.max_seq_len
-    ours_tps = tokens / statistics.median(times["ours"])
-    hf_tps = tokens / statistics.median(times["hf"])
+    ours_tps, hf_tps = tokens / seconds["ours"], tokens / seconds["hf"]
+    labelled = batch["labels"].ne(IGNORE_INDEX).sum(dim=1)
+    flops = {"ours": training_flops(config, batch_size, config.max_seq_len, int(labelled.sum()),
+                                    int(labelled.max()) * batch_size),
+             "hf": training_flops(config, batch_size, config.max_seq_len, tokens)}
     return {
         "shape": shape,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -102,6 +114,8 @@ def run(shape: str, steps: int, device: torch.device) -> dict:
         "ours_tokens_per_s": round(ours_tps, 1),
         "hf_tokens_per_s": round(hf_tps, 1),
         "ratio": round(ours_tps / hf_tps, 3),
+        "matmul_peak_tflop_s": round(peak / 1e12, 4),
+        **{f"{name}_fraction_of_matmul_peak": round(flops[name] / seconds[name] / peak, 3) for name in flops},
     }
 
 
@@ -112,7 +126,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    results = [run(s, args.steps or (10 if s == "small" else 5), device) for s in args.shapes]
+    peak = matmul_peak(device)
+    results = [run(s, args.steps or (10 if s == "small" else 5), device, peak) for s in args.shapes]
     for result in results:
         print(json.dumps(result))
 
