@@ -15,17 +15,20 @@ architecture at its random initialisation, BERT-mini pretrained for the same CPU
    trainable query); BERT is fine-tuned as ``BertForSequenceClassification`` (its pooler and linear head; the probe
    trains those), its input led by ``<cls>`` as BERT expects. BERT is also fine-tuned at its own recommended
    learning rate (``--lr-bert``, 1e-4: Google's BERT-mini grid is 3e-4 .. 3e-5), and its better result counts: a
-   competitor gets its fast path.
+   competitor gets its fast path. The optimizer is AdamW, or our Lamb for every leg with ``--finetune-optimizer
+   lamb`` (each layer's step relative to its weights: an ablation of how far pretraining grew them).
 4. The floor without a network: logistic regression on the bag of pieces of the same (truncated) inputs, its L2
    strength chosen on a fifth of the training split.
 
 Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours,random,bert}``,
 ``bbc_probe_*``, ``bbc_full_*`` (val accuracy after the last epoch), ``rt_bag_of_pieces``, ``bbc_bag_of_pieces``,
 ``rt_majority``, ``bbc_majority``, ``mask_accuracy_{ours,bert}``, ``unigram_accuracy``, ``pretrain_batches_*``,
-``pretrain_minutes``, ``finetune_minutes`` and each run's accuracy per epoch.
+``pretrain_minutes``, ``finetune_minutes``, ``encoder_weight_norm_{ours,random}`` (the L2 norm of the encoder's
+weights after and before pretraining) and each run's accuracy per epoch.
 
     python bench/downstream.py [--minutes 10] [--equal-steps N] [--epochs-full rt=2,bbc=5] [--tasks rt,bbc]
-        [--lr-full 1e-3] [--legs ours,random,bert] [--set optimizer.adam_params=[token_embedding] ...]
+        [--lr-full 1e-3] [--legs ours,random,bert] [--finetune-optimizer adamw]
+        [--set optimizer.adam_params=[token_embedding] ...]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from perceiver_stream.data.format import IDS_COLUMN, LABEL_COLUMN, TYPES_COLUMN,
 from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.model.classifier import PerceiverClassifier, encoder_state, freeze_encoder
 from perceiver_stream.model.config import PerceiverClassifierConfig
+from perceiver_stream.optim import Lamb
 
 TASKS = {"rt": "rotten-tomatoes", "bbc": "bbc-news"}
 SEED = 17
@@ -181,18 +185,21 @@ def bert_inputs(batch: dict, cls_id: int, pad_id: int, max_len: int) -> dict[str
 
 @dataclass
 class Recipe:
-    """How every encoder is fine-tuned: AdamW, linear warmup over the first tenth of the steps, then constant."""
+    """How every encoder is fine-tuned: AdamW (or our Lamb: each layer's step relative to its weights' norm),
+    linear warmup over the first tenth of the steps, then constant."""
 
     epochs: int
     lr: float
     batch_size: int = 32
     weight_decay: float = 0.01
+    optimizer: str = "adamw"
 
 
 def fine_tune(forward: Callable[[dict], torch.Tensor], parameters: list[torch.nn.Parameter], train: Split,
               val: Split, recipe: Recipe, modules: list[torch.nn.Module]) -> list[float]:
     """Train ``parameters`` of ``forward`` (batch -> logits) on ``train``; val accuracy after each epoch."""
-    optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer_class = Lamb if recipe.optimizer == "lamb" else torch.optim.AdamW
+    optimizer = optimizer_class(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps = recipe.epochs * (len(train.labels) // recipe.batch_size)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -212,6 +219,11 @@ def fine_tune(forward: Callable[[dict], torch.Tensor], parameters: list[torch.nn
             module.eval()
         accuracies.append(round(evaluate(forward, val), 4))
     return accuracies
+
+
+def encoder_norm(weights: dict[str, torch.Tensor]) -> float:
+    """The L2 norm of the encoder's weights (latents, attention, MLPs): how far pretraining grew them."""
+    return round(float(sum(w.double().square().sum() for k, w in weights.items() if ".encoder." in f".{k}")) ** 0.5, 2)
 
 
 @torch.no_grad()
@@ -307,6 +319,8 @@ def main() -> None:
     parser.add_argument("--lr-probe", type=float, default=1e-3)
     parser.add_argument("--lr-full", type=float, default=1e-3)
     parser.add_argument("--lr-bert", type=float, default=1e-4, help="BERT-mini's own fine-tuning learning rate")
+    parser.add_argument("--finetune-optimizer", choices=["adamw", "lamb"], default="adamw",
+                        help="of every leg, probe and full (lamb: our Lamb, steps relative to each layer's weights)")
     parser.add_argument("--eval-samples", type=int, default=1024, help="held-out pretraining samples per corpus")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
@@ -344,10 +358,13 @@ def main() -> None:
               "mask_accuracy_bert": None if bert is None else round(mean(bert["accuracy"]), 4),
               "unigram_accuracy": round(mean(scorer.unigram), 4),
               "pretrain_batches_ours": ours["batches"],
-              "pretrain_batches_bert": None if bert is None else bert["batches"], "curves": {}}
+              "pretrain_batches_bert": None if bert is None else bert["batches"],
+              "encoder_weight_norm_ours": encoder_norm(ours["model"].state_dict()),
+              "encoder_weight_norm_random": encoder_norm(ours["initial"]), "curves": {}}
     for task, (train, val, labels) in tasks.items():
         classes = len(labels)
-        recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe), "full": Recipe(epochs_full[task], args.lr_full)}
+        recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe, optimizer=args.finetune_optimizer),
+                   "full": Recipe(epochs_full[task], args.lr_full, optimizer=args.finetune_optimizer)}
         result["recipes"][task] = {mode: vars(recipe) for mode, recipe in recipes.items()}
         result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
         floor = bag_of_pieces(train, val, len(tokenizer), classes)
