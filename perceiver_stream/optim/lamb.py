@@ -18,9 +18,11 @@ sharding ``process_group`` (``"world"``: the default group, resolved at the firs
 parameter is then assumed to be sharded; a rank holding no element of a parameter contributes zeros.
 
 Updates use ``torch._foreach_*`` over all parameters of a group; no Python loop issues per-parameter
-kernels in the hot path. The update is computed in place in one persistent scratch buffer the size of the
-local parameters (not checkpointed: it holds nothing between steps) instead of three fresh parameter-sized
-allocations per step, which on CPU cost more in page faults than the arithmetic.
+kernels in the hot path. With ``fused``, tensors of ``fused.MIN_ELEMENTS`` or more instead take two compiled
+passes each (``perceiver_stream.optim.fused``), the rest the ``_foreach`` path in one batch. The
+``_foreach`` update is computed in place in one persistent scratch buffer the size of the local parameters
+(not checkpointed: it holds nothing between steps) instead of three fresh parameter-sized allocations per step,
+which on CPU cost more in page faults than the arithmetic.
 """
 
 from __future__ import annotations
