@@ -37,7 +37,6 @@ def memory_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -
     return 2 * src.numel() * 4 / _best_seconds(lambda: dst.copy_(src), device, repeats)
 
 
-
 def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, size: int | None = None,
                 repeats: int = 5) -> float:
     """FLOP/s of a ``size`` x ``size`` GEMM (2 * size^3 FLOPs)."""

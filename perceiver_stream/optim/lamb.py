@@ -163,13 +163,14 @@ class Lamb(Optimizer):
             fused = fused and fused_kernels.available(device.type)
             # Compiled passes for large tensors; the small ones (norms, biases: over half the tensors, a
             # fraction of a percent of the elements) in one _foreach batch, not a compiled call each.
-            large = [i for i, p in enumerate(local_params) if fused and p.numel() >= fused_kernels.MIN_ELEMENTS]
-            small = sorted(set(range(len(params))) - set(large))
+            compiled = [fused and p.numel() >= fused_kernels.MIN_ELEMENTS for p in local_params]
+            large = [i for i, c in enumerate(compiled) if c]
+            small = [i for i, c in enumerate(compiled) if not c]
             squares = torch.empty(len(params), 2, device=device, dtype=dtype)
-            moments, apply = fused_kernels.kernels() if large else (None, None)
             flats = [[t.detach().view(-1) for t in (local_params[i], grads[i], exp_avgs[i], exp_avg_sqs[i])]
                      for i in large]
             if large:
+                moments, apply = fused_kernels.kernels()
                 squares[large] = torch.stack([torch.stack(moments(
                     p, g, m, v, beta1, beta2, group["eps"], group["weight_decay"])) for p, g, m, v in flats])
             if small:
@@ -192,8 +193,9 @@ class Lamb(Optimizer):
             else:
                 corrections = [1.0] * len(steps)
             scale = trust * torch.tensor(corrections, device=device, dtype=trust.dtype) * -group["lr"]
-            for (p, _, m, v), factor in zip(flats, scale[large].unbind(), strict=True):
-                apply(p, m, v, factor, group["eps"], group["weight_decay"])
+            if large:
+                for (p, _, m, v), factor in zip(flats, scale[large].unbind(), strict=True):
+                    apply(p, m, v, factor, group["eps"], group["weight_decay"])
             if small:
                 torch._foreach_addcmul_([local_params[i] for i in small], updates, list(scale[small].unbind()))
         return loss
