@@ -1,6 +1,6 @@
 """GPU acceptance in one command, sized for a short GPU loan (README, "GPU").
 
-    python bench/gpu_check.py [--out gpu_check.json] [--parts model lamb train]
+    python bench/gpu_check.py [--out gpu_check.json] [--parts model compile lamb train]
 
 On one CUDA device, in bf16 autocast at the blueprint's seq 512:
 
@@ -8,8 +8,12 @@ On one CUDA device, in bf16 autocast at the blueprint's seq 512:
    largest micro-batch each fits with and without activation checkpointing, train-step tokens/s and peak
    memory there, MFU of ours (our FLOPs count over the GPU's dense bf16 peak), ours / transformers at the same
    micro-batch, and whether the blueprint's per-device batch of 128 fits.
-2. ``lamb``: one Lamb step over the base parameters, ours vs ``torch_optimizer.Lamb``.
-3. ``train``: 30 batches of ``yamls/mlm_base.yaml`` through ``train.py`` with FSDP version 1 and 2 on shards
+2. ``compile``: compiled against eager at one micro-batch (the model part's same micro-batch, the largest
+   transformers fits without checkpointing, else ``--compile-batch``): ours with every attention layer compiled
+   (``model.compile``), transformers' whole model compiled (``torch.compile``, its default mode); tokens/s, the
+   first step's seconds (compilation included), MFU of ours, ours / transformers eager and compiled.
+3. ``lamb``: one Lamb step over the base parameters, ours vs ``torch_optimizer.Lamb``.
+4. ``train``: 30 batches of ``yamls/mlm_base.yaml`` through ``train.py`` with FSDP version 1 and 2 on shards
    converted from a small text corpus, with tokens/s and MFU as Composer's SpeedMonitor logs them.
 
 A part whose packages are missing (or whose API this torch lacks) is reported as skipped with the one-line
@@ -47,6 +51,7 @@ BLUEPRINT_DEVICE_BATCH = 128
 SEQ_LEN = 512
 CANDIDATE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
 TRAIN_BATCHES = 30
+PARTS = ("model", "compile", "lamb", "train")
 
 
 class Skip(Exception):
@@ -85,14 +90,17 @@ def make_batch(config: PerceiverMLMConfig, batch: int, device: torch.device) -> 
             "attention_mask": torch.ones_like(input_ids).to(device)}
 
 
-def build_step(kind: str, config: PerceiverMLMConfig, checkpointing: bool, device: torch.device,
-               ) -> Callable[[dict], None]:
-    """One training step (forward, backward, fused AdamW) of ours or transformers' model."""
+def build_step(kind: str, config: PerceiverMLMConfig, checkpointing: bool, device: torch.device, *,
+               compile_backend: str | None = None) -> Callable[[dict], None]:
+    """One training step (forward, backward, fused AdamW) of ours or transformers' model; with ``compile_backend``
+    ours' attention layers (``model.compile``) or transformers' whole model compiled."""
     torch.manual_seed(0)
     if kind == "ours":
-        from perceiver_stream.model import checkpoint_layers
+        from perceiver_stream.model import checkpoint_layers, compile_layers
 
         model = PerceiverMLM(config).to(device).train()
+        if compile_backend:
+            compile_layers(model, backend=compile_backend)
         if checkpointing:
             checkpoint_layers(model)
 
@@ -109,6 +117,8 @@ def build_step(kind: str, config: PerceiverMLMConfig, checkpointing: bool, devic
             if not model.supports_gradient_checkpointing:
                 raise Skip("transformers' PerceiverForMaskedLM does not support gradient checkpointing")
             model.gradient_checkpointing_enable()
+        if compile_backend:
+            model.compile(backend=compile_backend)
 
         def loss_fn(batch: dict) -> torch.Tensor:
             return model(inputs=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -138,7 +148,11 @@ def measure(step: Callable[[dict], None], config: PerceiverMLMConfig, batch_size
     batch = make_batch(config, batch_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    start = time.perf_counter()
     step(batch)
+    sync(device)
+    first = time.perf_counter() - start
     times = []
     for _ in range(steps):
         sync(device)
@@ -150,7 +164,7 @@ def measure(step: Callable[[dict], None], config: PerceiverMLMConfig, batch_size
     labelled = int((batch["labels"] != IGNORE_INDEX).sum())
     per_row = int((batch["labels"] != IGNORE_INDEX).sum(1).max()) * batch_size
     return {"micro_batch": batch_size, "tokens_per_s": round(batch_size * config.max_seq_len / seconds),
-            "step_s": round(seconds, 4),
+            "step_s": round(seconds, 4), "first_step_s": round(first, 2),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
             "flops_per_s": training_flops(config, batch_size, config.max_seq_len, labelled, per_row) / seconds}
 
@@ -217,6 +231,29 @@ def model_part(device: torch.device, smoke: bool, steps: int) -> dict:
                                       "ratio": round(pair["ours"]["tokens_per_s"] / pair["hf"]["tokens_per_s"], 3)}
     ours_ac = result["ours_ac"].get("largest_micro_batch", 0)
     result["blueprint_batch_fits_with_ac"] = ours_ac >= BLUEPRINT_DEVICE_BATCH
+    return result
+
+
+def compile_part(device: torch.device, smoke: bool, steps: int, micro_batch: int) -> dict:
+    """Each model eager and compiled at ``micro_batch`` (see the module's docstring). The smoke run traces with
+    ``aot_eager`` (no code generated: the script's path, not inductor's speed, is what it checks)."""
+    config = base_config(smoke)
+    peak = None if smoke else peak_tflops(torch.cuda.get_device_name())
+    result: dict = {"micro_batch": micro_batch}
+    for kind in ("ours", "hf"):
+        for backend in (None, "aot_eager" if smoke else "inductor"):
+            entry = measure(build_step(kind, config, False, device, compile_backend=backend), config, micro_batch,
+                            device, steps)
+            flops = entry.pop("flops_per_s")
+            if kind == "ours" and peak:
+                entry["mfu"] = round(flops / (peak * 1e12), 4)
+            result[f"{kind}_{'compiled' if backend else 'eager'}"] = entry
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    for mode in ("eager", "compiled"):
+        ours, hf = (result[f"{kind}_{mode}"]["tokens_per_s"] for kind in ("ours", "hf"))
+        result[f"ratio_{mode}"] = round(ours / hf, 3)
+    result["ours_compiled_speedup"] = round(result["ours_eager"]["step_s"] / result["ours_compiled"]["step_s"], 3)
     return result
 
 
@@ -317,11 +354,13 @@ def speed_monitor(log_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "gpu_check.json", help="where the JSON result goes")
-    parser.add_argument("--parts", nargs="+", choices=["model", "lamb", "train"], default=["model", "lamb", "train"])
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     parser.add_argument("--corpus", type=Path, default=REPO / ".gpu" / "corpus",
                         help="text files for the train part's shards")
     parser.add_argument("--tokenizer", type=Path, default=REPO / ".gpu" / "xlnet-base-cased")
+    parser.add_argument("--compile-batch", type=int, default=32,
+                        help="the compile part's micro-batch when the model part has not measured ours' largest")
     parser.add_argument("--train-batch", type=int, default=128, help="global batch of the train part's runs")
     parser.add_argument("--train-timeout", type=int, default=240, help="seconds per train.py run")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (the test suite's check)")
@@ -334,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"date": time.strftime("%Y-%m-%d"), "device": "cpu (smoke)" if args.smoke else
                     torch.cuda.get_device_name(), "torch": torch.__version__}
     parts = {"model": lambda: model_part(device, args.smoke, args.steps),
+             "compile": lambda: compile_part(device, args.smoke, args.steps, result.get("model", {}).get(
+                 "same_micro_batch", {}).get("micro_batch") or args.compile_batch),
              "lamb": lambda: lamb_part(device, args.smoke, args.steps),
              "train": lambda: train_part(device, args.smoke, args)}
+    assert list(parts) == list(PARTS)
     for name in args.parts:
         start = time.perf_counter()
         try:

@@ -1,7 +1,7 @@
 """The Perceiver IO masked language model and its Composer wrapper."""
 
 from perceiver_stream.model.config import DecoderConfig, EncoderConfig, PerceiverMLMConfig
-from perceiver_stream.model.mlm import MLMOutput, PerceiverMLM, checkpoint_layers, is_attention_layer
+from perceiver_stream.model.mlm import MLMOutput, PerceiverMLM, checkpoint_layers, compile_layers, is_attention_layer
 
 __all__ = [
     "DecoderConfig",
@@ -10,5 +10,6 @@ __all__ = [
     "PerceiverMLM",
     "PerceiverMLMConfig",
     "checkpoint_layers",
+    "compile_layers",
     "is_attention_layer",
 ]

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from perceiver_stream.model.classifier import PerceiverClassifier
 from perceiver_stream.model.flops import classifier_training_flops
-from perceiver_stream.model.mlm import checkpoint_layers, is_attention_layer
+from perceiver_stream.model.mlm import checkpoint_layers, compile_layers, is_attention_layer
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -39,6 +39,8 @@ class ComposerPerceiverClassifier(ComposerModel):
         self.model = model
         self.model.fsdp_wrap_fn = is_attention_layer
         self.model.activation_checkpointing_fn = is_attention_layer
+        if model.config.compile:  # before checkpointing wraps the layers, as for the MLM
+            compile_layers(self.model)
         if wrap_activation_checkpointing and model.config.activation_checkpointing:
             checkpoint_layers(self.model, offload=model.config.activation_offloading)
         classes = model.config.num_classes

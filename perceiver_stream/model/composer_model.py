@@ -14,7 +14,14 @@ from torchmetrics import Metric
 from perceiver_stream.model.config import PerceiverMLMConfig
 from perceiver_stream.model.flops import training_flops
 from perceiver_stream.model.metrics import MaskTokenAccuracy, MaskTokenUnigramAccuracy, mask_token_positions
-from perceiver_stream.model.mlm import IGNORE_INDEX, MLMOutput, PerceiverMLM, checkpoint_layers, is_attention_layer
+from perceiver_stream.model.mlm import (
+    IGNORE_INDEX,
+    MLMOutput,
+    PerceiverMLM,
+    checkpoint_layers,
+    compile_layers,
+    is_attention_layer,
+)
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -44,6 +51,8 @@ class ComposerPerceiverMLM(ComposerModel):
         # Composer's FSDP looks for these on each child of the ComposerModel, i.e. on self.model.
         self.model.fsdp_wrap_fn = is_attention_layer
         self.model.activation_checkpointing_fn = is_attention_layer
+        if config.compile:  # before checkpointing wraps the layers: the wrappers then call compiled layers
+            compile_layers(self.model)
         if wrap_activation_checkpointing and config.activation_checkpointing:
             checkpoint_layers(self.model, offload=config.activation_offloading)
         # The <mask>-only metrics are evaluated, not tracked every training batch: they cost an argmax over the

@@ -223,6 +223,17 @@ def checkpoint_layers(model: nn.Module, offload: bool = False) -> None:
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrap, check_fn=is_attention_layer)
 
 
+def compile_layers(model: nn.Module, *, backend: str = "inductor") -> None:
+    """Compile every attention layer in place (``torch.compile``, one region per layer). Layers of one kind share
+    their compiled code, so compiling costs a few layers whatever the depth; and each stays the module that FSDP2
+    shards and activation checkpointing wraps, under the same parameter names, so checkpoints do not change. The
+    decoder's width (the batch's most labelled positions) varies, so it is compiled for dynamic shapes when it
+    first changes. ``backend``: torch.compile's (``aot_eager`` traces without generating code: quick checks)."""
+    for module in model.modules():
+        if is_attention_layer(module):
+            module.compile(backend=backend)
+
+
 def is_attention_layer(module: nn.Module) -> bool:
     """The unit of FSDP wrapping and activation checkpointing: one cross- or self-attention layer."""
     return isinstance(module, ATTENTION_LAYERS)

@@ -21,7 +21,8 @@ from perceiver_stream.model.classifier import PerceiverClassifier, build_classif
 from perceiver_stream.model.config import PerceiverClassifierConfig, PerceiverConfig
 
 # Settings that do not shape the encoder's weights or what they compute: free to differ from pretraining.
-FREE_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "encoder.dropout")
+FREE_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "compile",
+             "encoder.dropout")
 
 
 def encoder_settings(model: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,15 @@ def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
     assert same["ratio"] == round(same["ours_tokens_per_s"] / same["hf_tokens_per_s"], 3)
     assert model["blueprint_batch_fits_with_ac"] == (
         model["ours_ac"]["largest_micro_batch"] >= gpu_check.BLUEPRINT_DEVICE_BATCH)
+    compiled = printed["compile"]
+    assert compiled["micro_batch"] == same["micro_batch"]
+    for mode in ("eager", "compiled"):
+        assert compiled[f"ratio_{mode}"] == round(
+            compiled[f"ours_{mode}"]["tokens_per_s"] / compiled[f"hf_{mode}"]["tokens_per_s"], 3)
+    assert compiled["ours_compiled_speedup"] == round(
+        compiled["ours_eager"]["step_s"] / compiled["ours_compiled"]["step_s"], 3)
+    for kind in ("ours", "hf"):  # the compiled step's first call traced the model: it took longer than eager's
+        assert compiled[f"{kind}_compiled"]["first_step_s"] > compiled[f"{kind}_eager"]["first_step_s"], compiled
     lamb = printed["lamb"]
     assert lamb["speedup"] == round(lamb["torch_optimizer_ms"] / lamb["ours_ms"], 2) and lamb["ours_ms"] > 0
     assert printed["train"]["fsdp2"]["tokens_per_s"] > 0, printed["train"]

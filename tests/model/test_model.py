@@ -216,3 +216,49 @@ def test_initialisation_scale():
     assert abs(linear.weight.std().item() - 0.05) < 0.005
     assert not linear.bias.any()
     assert abs(model.encoder.latents.std().item() - 0.05) < 0.01
+
+
+def test_compiled_layers_equal_eager_with_and_without_checkpointing():
+    """``model.compile``: every attention layer is compiled, the parameter names are unchanged, and losses and
+    gradients equal eager's to float tolerance, over two batches whose labelled widths differ (the decoder's shape
+    changes) and under activation checkpointing. Traced with ``aot_eager`` (dynamo, functionalisation, the
+    forward/backward partition: what our model can break) rather than inductor, whose C++ code generation alone
+    takes minutes on this CPU (``bench/model_step.py --compile`` measures inductor against eager)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    config = small_config()
+    batches = []
+    for seed in (0, 1):
+        input_ids, attention_mask, labels = random_batch(config, seed=seed)
+        batches.append({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+    assert len({int((b["labels"] != -100).sum(1).max()) for b in batches}) == 2
+    torch.manual_seed(3)
+    eager = ComposerPerceiverMLM(config, mask_token_id=6)
+    for checkpointing in (False, True):
+        torch.manual_seed(3)
+        compiled = ComposerPerceiverMLM(small_config(compile=True, activation_checkpointing=checkpointing),
+                                        mask_token_id=6)
+        layers = [m for m in compiled.model.modules() if isinstance(m, (CrossAttentionLayer, SelfAttentionLayer))]
+        assert len(layers) == 2 + config.encoder.num_self_attention_layers_per_block
+        assert all(layer._compiled_call_impl is not None for layer in layers)  # model.compile compiled them all
+        assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
+        for layer in layers:  # the same regions, traced without generating code
+            layer.compile(backend="aot_eager")
+        for batch in batches:
+            loss_eager, grads_eager = _loss_and_grads(eager, batch)
+            loss_compiled, grads_compiled = _loss_and_grads(compiled, batch)
+            torch.testing.assert_close(loss_compiled, loss_eager, atol=1e-6, rtol=1e-5)
+            assert grads_compiled.keys() == grads_eager.keys()
+            for name, grad in grads_eager.items():
+                torch.testing.assert_close(grads_compiled[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert counters["stats"]["unique_graphs"] >= 3  # encoder, latent and decoder layers: traced, not skipped
+    assert counters["aot_autograd"]["total"] >= 3  # and each partitioned into forward and backward
+
+
+def _loss_and_grads(model: ComposerPerceiverMLM, batch: dict) -> tuple[torch.Tensor, dict]:
+    model.model.zero_grad(set_to_none=True)
+    loss = model.loss(model(batch), batch)
+    loss.backward()
+    return loss.detach(), _gradients(model.model)
