@@ -10,6 +10,11 @@ run on labelled positions only); ``hf_fraction_of_matmul_peak`` counts what Perc
 formula with every position decoded and scored). Prints one JSON object per shape, last: ``{"shape", "device",
 "ours_tokens_per_s", "hf_tokens_per_s", "ratio", "matmul_peak_tflop_s", "ours_fraction_of_matmul_peak",
 "hf_fraction_of_matmul_peak"}``.
+
+``--compile``: ours with every attention layer compiled (``model.compile``: ``compile_layers``, inductor) and
+transformers' model compiled whole, its best mode here (``torch.compile``, default mode); adds each one's
+``*_first_step_s`` (compilation included) and ``ours_compiled_loss_relative_difference``: the first compiled
+step's loss against the same weights' eager loss on the same batch.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from transformers import PerceiverForMaskedLM
 from perceiver_stream.model import DecoderConfig, EncoderConfig, PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.flops import training_flops
 from perceiver_stream.model.hf import to_hf_config
-from perceiver_stream.model.mlm import IGNORE_INDEX
+from perceiver_stream.model.mlm import IGNORE_INDEX, compile_layers
 
 SHAPES = {
     "small": dict(
@@ -55,7 +60,8 @@ def make_batch(config: PerceiverMLMConfig, batch: int, device: torch.device) -> 
     return {k: v.to(device) for k, v in dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask).items()}
 
 
-def step_fn(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], autocast: bool) -> Callable[[], None]:
+def step_fn(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], autocast: bool,
+            losses: list[float]) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step() -> None:
@@ -64,6 +70,7 @@ def step_fn(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], autocas
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
 
     return step
 
@@ -78,7 +85,7 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def run(shape: str, steps: int, device: torch.device) -> dict:
+def run(shape: str, steps: int, device: torch.device, compile_models: bool) -> dict:
     batch_size, config = SHAPES[shape]["batch"], SHAPES[shape]["config"]
     torch.manual_seed(0)
     ours = PerceiverMLM(config).to(device).train()
@@ -93,9 +100,21 @@ def run(shape: str, steps: int, device: torch.device) -> dict:
     def hf_loss() -> torch.Tensor:
         return hf(inputs=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
-    steps_fns = {"ours": step_fn(ours, ours_loss, autocast), "hf": step_fn(hf, hf_loss, autocast)}
-    for fn in steps_fns.values():  # warm-up: allocator, kernels, optimizer state
-        timed(fn, device)
+    extra = {}
+    if compile_models:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            eager_loss = float(ours_loss())
+        compile_layers(ours)
+        hf.compile()
+    losses: dict[str, list[float]] = {"ours": [], "hf": []}
+    steps_fns = {name: step_fn(model, loss, autocast, losses[name])
+                 for name, model, loss in (("ours", ours, ours_loss), ("hf", hf, hf_loss))}
+    for name, fn in steps_fns.items():  # warm-up: allocator, kernels, optimizer state (and compilation)
+        first = timed(fn, device)
+        if compile_models:
+            extra[f"{name}_first_step_s"] = round(first, 1)
+    if compile_models:
+        extra["ours_compiled_loss_relative_difference"] = float(f"{abs(losses['ours'][0] / eager_loss - 1):.2e}")
     times: dict[str, list[float]] = {"ours": [], "hf": []}
     peak = 0.0
     for i in range(steps):  # alternate which model goes first, so neither always runs after the other
@@ -118,6 +137,7 @@ def run(shape: str, steps: int, device: torch.device) -> dict:
         "ratio": round(ours_tps / hf_tps, 3),
         "matmul_peak_tflop_s": round(peak / 1e12, 4),
         **{f"{name}_fraction_of_matmul_peak": round(flops[name] / seconds[name] / peak, 3) for name in flops},
+        "compiled": compile_models, **extra,
     }
 
 
@@ -126,9 +146,10 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default: small 10, base 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="both models compiled (see above)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    results = [run(s, args.steps or (10 if s == "small" else 5), device) for s in args.shapes]
+    results = [run(s, args.steps or (10 if s == "small" else 5), device, args.compile) for s in args.shapes]
     for result in results:
         print(json.dumps(result))
 

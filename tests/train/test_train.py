@@ -17,10 +17,11 @@ def composer(n: int) -> list[str]:
     return [sys.executable, "-m", "composer.cli.launcher", "-n", str(n)]  # random free master port
 
 
-def test_fsdp2_shards_parameters_and_checkpoints_every_attention_layer(tiny_shards, tmp_path):
+def test_fsdp2_shards_parameters_and_checkpoints_and_compiles_every_attention_layer(tiny_shards, tmp_path):
     overrides = tiny_overrides(tiny_shards, tmp_path, **{"parallelism.fsdp.version": 2,
                                                           "model.activation_checkpointing": "true",
-                                                          "data.num_workers": 0})
+                                                          "model.compile": "true", "max_duration": "2ba",
+                                                          "eval_interval": "100ba", "data.num_workers": 0})
     out = tmp_path / "report.json"
     worker = str(Path(__file__).with_name("fsdp_worker.py"))
     result = run(composer(2) + [worker, str(out), TINY, *overrides], env={"OMP_NUM_THREADS": "1"})
@@ -28,6 +29,8 @@ def test_fsdp2_shards_parameters_and_checkpoints_every_attention_layer(tiny_shar
     report = json.loads(out.read_text())
     assert report["layers"] == 4  # encoder cross-attention, 2 latent layers, decoder cross-attention
     assert report["checkpointed_layers"] == report["checkpoint_wrappers"] == 4
+    assert report["compiled_layers"] == 4 and report["traced_graphs"] >= 3  # the three kinds of layer, traced
+    assert report["batches"] == 2 and report["loss_is_finite"]
     assert report["dtensor_parameters"] == report["parameters"] > 0
     assert report["optimizer"] == "Lamb"
 
