@@ -55,6 +55,17 @@ def check_environment(cfg: TrainConfig) -> None:
         if cfg.parallelism.fsdp is not None and cfg.parallelism.fsdp.version == 1:
             raise ConfigError("parallelism.fsdp.version=1 needs GPUs (Composer 0.32.1's FSDP1 calls "
                              "torch.cuda.current_device()); use parallelism.fsdp.version=2 on CPU")
+        if cfg.model.compile:
+            from torch._inductor import config as inductor_config
+            from torch._inductor import cpp_builder, exc
+
+            try:  # inductor's own search, done before training rather than in its first step's traceback
+                cpp_builder.get_cpp_compiler()
+            except exc.InvalidCxxCompiler:
+                tried = ", ".join(c for c in inductor_config.cpp.cxx if c)
+                raise ConfigError(f"model.compile=true needs a C++ compiler on CPU (inductor generates C++; {tried} "
+                                  "did not run): install g++, point CXX at a compiler, or set model.compile=false"
+                                  ) from None
 
 
 def local_save_folder(cfg: TrainConfig) -> Path | None:

@@ -66,6 +66,20 @@ def test_user_mistakes_are_one_line_errors(tiny_shards, tmp_path, capsys, overri
     assert err.startswith("train.py: error: ") and "\n" not in err and message.format(tmp=tmp_path) in err
 
 
+def test_compile_without_a_cpp_compiler_is_a_one_line_error(tiny_shards, tmp_path, capsys, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    from train import main
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-compiler"),))
+    with pytest.raises(SystemExit) as exit_info:
+        main([TINY, *tiny_overrides(tiny_shards, tmp_path), "model.compile=true"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"train.py: error: model.compile=true needs a C++ compiler on CPU (inductor generates C++; {tmp_path}/"
+        "no-such-compiler did not run): install g++, point CXX at a compiler, or set model.compile=false")
+
+
 def test_a_malformed_yaml_is_named(tmp_path, capsys):
     from train import main
 
