@@ -11,10 +11,11 @@ formula with every position decoded and scored). Prints one JSON object per shap
 "ours_tokens_per_s", "hf_tokens_per_s", "ratio", "matmul_peak_tflop_s", "ours_fraction_of_matmul_peak",
 "hf_fraction_of_matmul_peak"}``.
 
-``--compile``: ours with every attention layer compiled (``model.compile``: ``compile_layers``, inductor) and
-transformers' model compiled whole, its best mode here (``torch.compile``, default mode); adds each one's
-``*_first_step_s`` (compilation included) and ``ours_compiled_loss_relative_difference``: the first compiled
-step's loss against the same weights' eager loss on the same batch.
+``--compile``: then, in the same process, ours with every attention layer compiled (``model.compile``:
+``compile_layers``, inductor) and transformers' model compiled whole (``torch.compile``, default mode), timed the
+same way: adds ``compiled_*`` figures, ``{ours,hf}_compiled_speedup`` over their eager steps, each one's
+``*_first_step_s`` (compilation included) and ``ours_compiled_loss_relative_difference`` (the first compiled step's
+loss against the same weights' eager loss on the same batch).
 """
 
 from __future__ import annotations
@@ -85,6 +86,18 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def measure(steps_fns: dict[str, Callable[[], None]], steps: int, device: torch.device) -> tuple[dict, float]:
+    """Median seconds of each model's step, alternating which goes first so neither always runs after the other,
+    and the best matmul rate measured between them."""
+    times: dict[str, list[float]] = {name: [] for name in steps_fns}
+    peak = 0.0
+    for i in range(steps):
+        peak = max(peak, matmul_peak(device, repeats=2))
+        for name in list(steps_fns) if i % 2 == 0 else reversed(list(steps_fns)):
+            times[name].append(timed(steps_fns[name], device))
+    return {name: statistics.median(t) for name, t in times.items()}, peak
+
+
 def run(shape: str, steps: int, device: torch.device, compile_models: bool) -> dict:
     batch_size, config = SHAPES[shape]["batch"], SHAPES[shape]["config"]
     torch.manual_seed(0)
@@ -100,45 +113,47 @@ def run(shape: str, steps: int, device: torch.device, compile_models: bool) -> d
     def hf_loss() -> torch.Tensor:
         return hf(inputs=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
-    extra = {}
-    if compile_models:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            eager_loss = float(ours_loss())
-        compile_layers(ours)
-        hf.compile()
     losses: dict[str, list[float]] = {"ours": [], "hf": []}
     steps_fns = {name: step_fn(model, loss, autocast, losses[name])
                  for name, model, loss in (("ours", ours, ours_loss), ("hf", hf, hf_loss))}
-    for name, fn in steps_fns.items():  # warm-up: allocator, kernels, optimizer state (and compilation)
-        first = timed(fn, device)
-        if compile_models:
-            extra[f"{name}_first_step_s"] = round(first, 1)
-    if compile_models:
-        extra["ours_compiled_loss_relative_difference"] = float(f"{abs(losses['ours'][0] / eager_loss - 1):.2e}")
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
-    peak = 0.0
-    for i in range(steps):  # alternate which model goes first, so neither always runs after the other
-        peak = max(peak, matmul_peak(device, repeats=2))
-        for name in list(steps_fns) if i % 2 == 0 else reversed(list(steps_fns)):
-            times[name].append(timed(steps_fns[name], device))
-    seconds = {name: statistics.median(t) for name, t in times.items()}
+    for fn in steps_fns.values():  # warm-up: allocator, kernels, optimizer state
+        timed(fn, device)
+    seconds, peak = measure(steps_fns, steps, device)
     tokens = batch_size * config.max_seq_len
-    ours_tps, hf_tps = tokens / seconds["ours"], tokens / seconds["hf"]
     labelled = batch["labels"].ne(IGNORE_INDEX).sum(dim=1)
     flops = {"ours": training_flops(config, batch_size, config.max_seq_len, int(labelled.sum()),
                                     int(labelled.max()) * batch_size),
              "hf": training_flops(config, batch_size, config.max_seq_len, tokens)}
-    return {
+    result = {
         "shape": shape,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "precision": "amp_bf16" if autocast else "fp32",
-        "ours_tokens_per_s": round(ours_tps, 1),
-        "hf_tokens_per_s": round(hf_tps, 1),
-        "ratio": round(ours_tps / hf_tps, 3),
+        "ours_tokens_per_s": round(tokens / seconds["ours"], 1),
+        "hf_tokens_per_s": round(tokens / seconds["hf"], 1),
+        "ratio": round(seconds["hf"] / seconds["ours"], 3),
         "matmul_peak_tflop_s": round(peak / 1e12, 4),
         **{f"{name}_fraction_of_matmul_peak": round(flops[name] / seconds[name] / peak, 3) for name in flops},
-        "compiled": compile_models, **extra,
     }
+    if compile_models:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            eager_loss = float(ours_loss())  # the weights the first compiled step starts from
+        compile_layers(ours)
+        hf.compile()
+        for name, fn in steps_fns.items():
+            result[f"{name}_first_step_s"] = round(timed(fn, device), 1)  # compilation included
+        result["ours_compiled_loss_relative_difference"] = float(f"{abs(losses['ours'][-1] / eager_loss - 1):.2e}")
+        compiled, compiled_peak = measure(steps_fns, steps, device)
+        result.update({
+            "compiled_ours_tokens_per_s": round(tokens / compiled["ours"], 1),
+            "compiled_hf_tokens_per_s": round(tokens / compiled["hf"], 1),
+            "compiled_ratio": round(compiled["hf"] / compiled["ours"], 3),
+            "ours_compiled_speedup": round(seconds["ours"] / compiled["ours"], 3),
+            "hf_compiled_speedup": round(seconds["hf"] / compiled["hf"], 3),
+            "compiled_matmul_peak_tflop_s": round(compiled_peak / 1e12, 4),
+            **{f"compiled_{name}_fraction_of_matmul_peak": round(flops[name] / compiled[name] / compiled_peak, 3)
+               for name in flops},
+        })
+    return result
 
 
 def main() -> None:
@@ -146,7 +161,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model (default: small 10, base 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="both models compiled (see above)")
+    parser.add_argument("--compile", action="store_true", help="also both models compiled (see above)")
     args = parser.parse_args()
     device = torch.device(args.device)
     results = [run(s, args.steps or (10 if s == "small" else 5), device, args.compile) for s in args.shapes]

@@ -87,8 +87,8 @@ class PerceiverConfig:
         activation_checkpointing: recompute each attention layer's activations in the backward pass.
         activation_offloading: keep checkpointed activations in host memory (needs checkpointing on).
         compile: compile each attention layer with ``torch.compile`` (``perceiver_stream.model.mlm.compile_layers``).
-            Off by default: on the 2-core development CPU it made the base model's step 5% slower after minutes of
-            compilation; ``make gpu-check`` measures it against eager on a GPU.
+            Off by default: on the 2-core development CPU it made the step slower (base 5%, small 10%) after a
+            minute or more of compilation; ``make gpu-check`` measures it against eager on a GPU.
     """
 
     vocab_size: int = 32000
