@@ -1,11 +1,12 @@
 """Our Composer callbacks: fill-mask predictions at every eval, a per-batch log of sample identity, the resume
-guard, and a stop at the first non-finite loss."""
+guard, a stop at the first non-finite loss, and the first batch's time."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -184,6 +185,26 @@ class RunDescription(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run describes itself by its own settings (the guard checks the ones that must match)."""
+
+
+class FirstBatchTime(Callback):
+    """Logs once how long this process's first training step took (forward, backward, optimizer), as
+    ``time/first_batch_s``: with ``model.compile`` it holds the compilation, a one-off cost that would otherwise show
+    only as a slow start of the throughput SpeedMonitor averages over its window."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self.seconds: float | None = None
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self.seconds is None and self._start is not None:
+            self.seconds = time.perf_counter() - self._start
+            logger.log_metrics({"time/first_batch_s": self.seconds})
+            log.info("first batch: %.1f s (compilation and warm-up included)", self.seconds)
 
 
 class NonFiniteLossError(RuntimeError):

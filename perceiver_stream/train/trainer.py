@@ -31,6 +31,7 @@ from perceiver_stream.remote import RemoteError, is_remote, list_objects
 from perceiver_stream.train.callbacks import (
     CheckpointDigests,
     FillMaskTable,
+    FirstBatchTime,
     ResumeGuard,
     RunDescription,
     SampleLog,
@@ -187,7 +188,7 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
                  OptimizerMonitor(), ResumeGuard(resume_settings(cfg, info)),
                  RunDescription(to_dict(cfg), info.tokenizer_fingerprint, info.labels, tokenizer_files(info.tokenizer)),
-                 StopOnNonFiniteLoss()]
+                 StopOnNonFiniteLoss(), FirstBatchTime()]
     if not isinstance(cfg, ClassifierTrainConfig):
         callbacks.append(FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences))
     if torch.cuda.is_available():

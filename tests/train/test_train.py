@@ -158,7 +158,7 @@ def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_pa
     history, config = wandb_records(run_dir)
     for key in ("loss/train/total", "metrics/train/MaskedAccuracy", "metrics/eval/MaskedAccuracy",
                 "metrics/eval/LanguageCrossEntropy", "throughput/samples_per_sec", "lr-Lamb/group0",
-                "fill_mask/_type", "l2_norm/grad/global"):
+                "fill_mask/_type", "l2_norm/grad/global", "time/first_batch_s"):
         assert key in history, key
     (table,) = (run_dir / "files" / "media" / "table").glob("fill_mask_20_*.table.json")
     rows = json.loads(table.read_text())["data"]
@@ -166,6 +166,26 @@ def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_pa
     assert json.loads(config["data_manifests"])["wikipedia/train"]["tokenizer"]["vocab_size"] == 32000
     assert json.loads(config["config"])["optimizer"]["name"] == "lamb"
     assert not (tmp_path / "tb").exists()
+
+
+def test_the_first_batch_time_is_logged_once():
+    import time
+
+    from perceiver_stream.train.callbacks import FirstBatchTime
+
+    class Logger:
+        logged: list[dict] = []
+
+        def log_metrics(self, metrics: dict) -> None:
+            self.logged.append(metrics)
+
+    callback, logger = FirstBatchTime(), Logger()
+    callback.batch_start(None, logger)
+    time.sleep(0.2)
+    callback.batch_end(None, logger)
+    callback.batch_start(None, logger)
+    callback.batch_end(None, logger)
+    assert len(logger.logged) == 1 and 0.2 <= logger.logged[0]["time/first_batch_s"] < 1.0
 
 
 def test_a_non_finite_loss_stops_the_run_before_it_is_saved(tiny_shards, tmp_path):
