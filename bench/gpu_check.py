@@ -142,31 +142,36 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def timed(step: Callable[[dict], None], batch: dict, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    step(batch)
+    sync(device)
+    return time.perf_counter() - start
+
+
 def measure(step: Callable[[dict], None], config: PerceiverMLMConfig, batch_size: int, device: torch.device,
             steps: int) -> dict:
     """tokens/s (median of ``steps`` after one warm-up), peak memory, and ours' FLOPs per step."""
     batch = make_batch(config, batch_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    sync(device)
-    start = time.perf_counter()
-    step(batch)
-    sync(device)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        sync(device)
-        start = time.perf_counter()
-        step(batch)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    first = timed(step, batch, device)
+    seconds = statistics.median(timed(step, batch, device) for _ in range(steps))
     labelled = int((batch["labels"] != IGNORE_INDEX).sum())
     per_row = int((batch["labels"] != IGNORE_INDEX).sum(1).max()) * batch_size
     return {"micro_batch": batch_size, "tokens_per_s": round(batch_size * config.max_seq_len / seconds),
             "step_s": round(seconds, 4), "first_step_s": round(first, 2),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
             "flops_per_s": training_flops(config, batch_size, config.max_seq_len, labelled, per_row) / seconds}
+
+
+def with_mfu(entry: dict, kind: str, peak: float | None) -> dict:
+    """``entry`` from ``measure`` with its FLOP rate replaced by ours' MFU (where the GPU's peak is known)."""
+    flops = entry.pop("flops_per_s")
+    if kind == "ours" and peak:
+        entry["mfu"] = round(flops / (peak * 1e12), 4)
+    return entry
 
 
 def out_of_memory(e: BaseException) -> bool:
@@ -210,10 +215,7 @@ def model_part(device: torch.device, smoke: bool, steps: int) -> dict:
             fits = largest_batch(step, config, device, limit)
             entry = {"largest_micro_batch": fits}
             if fits:
-                entry.update(measure(step, config, fits, device, steps))
-                flops = entry.pop("flops_per_s")
-                if kind == "ours" and peak:
-                    entry["mfu"] = round(flops / (peak * 1e12), 4)
+                entry.update(with_mfu(measure(step, config, fits, device, steps), kind, peak))
             result[key] = entry
             del step
             if device.type == "cuda":
@@ -242,12 +244,9 @@ def compile_part(device: torch.device, smoke: bool, steps: int, micro_batch: int
     result: dict = {"micro_batch": micro_batch}
     for kind in ("ours", "hf"):
         for backend in (None, "aot_eager" if smoke else "inductor"):
-            entry = measure(build_step(kind, config, False, device, compile_backend=backend), config, micro_batch,
-                            device, steps)
-            flops = entry.pop("flops_per_s")
-            if kind == "ours" and peak:
-                entry["mfu"] = round(flops / (peak * 1e12), 4)
-            result[f"{kind}_{'compiled' if backend else 'eager'}"] = entry
+            step = build_step(kind, config, False, device, compile_backend=backend)
+            result[f"{kind}_{'compiled' if backend else 'eager'}"] = with_mfu(
+                measure(step, config, micro_batch, device, steps), kind, peak)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     for mode in ("eager", "compiled"):

@@ -124,16 +124,18 @@ def run(shape: str, steps: int, device: torch.device, compile_models: bool) -> d
     flops = {"ours": training_flops(config, batch_size, config.max_seq_len, int(labelled.sum()),
                                     int(labelled.max()) * batch_size),
              "hf": training_flops(config, batch_size, config.max_seq_len, tokens)}
-    result = {
-        "shape": shape,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "precision": "amp_bf16" if autocast else "fp32",
-        "ours_tokens_per_s": round(tokens / seconds["ours"], 1),
-        "hf_tokens_per_s": round(tokens / seconds["hf"], 1),
-        "ratio": round(seconds["hf"] / seconds["ours"], 3),
-        "matmul_peak_tflop_s": round(peak / 1e12, 4),
-        **{f"{name}_fraction_of_matmul_peak": round(flops[name] / seconds[name] / peak, 3) for name in flops},
-    }
+
+    def speed(prefix: str, seconds: dict[str, float], peak: float) -> dict:
+        """tokens/s, ours / transformers and fractions of the matmul peak, keys starting with ``prefix``."""
+        return {f"{prefix}ours_tokens_per_s": round(tokens / seconds["ours"], 1),
+                f"{prefix}hf_tokens_per_s": round(tokens / seconds["hf"], 1),
+                f"{prefix}ratio": round(seconds["hf"] / seconds["ours"], 3),
+                f"{prefix}matmul_peak_tflop_s": round(peak / 1e12, 4),
+                **{f"{prefix}{name}_fraction_of_matmul_peak": round(flops[name] / seconds[name] / peak, 3)
+                   for name in flops}}
+
+    result = {"shape": shape, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "precision": "amp_bf16" if autocast else "fp32", **speed("", seconds, peak)}
     if compile_models:
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             eager_loss = float(ours_loss())  # the weights the first compiled step starts from
@@ -143,16 +145,8 @@ def run(shape: str, steps: int, device: torch.device, compile_models: bool) -> d
             result[f"{name}_first_step_s"] = round(timed(fn, device), 1)  # compilation included
         result["ours_compiled_loss_relative_difference"] = float(f"{abs(losses['ours'][-1] / eager_loss - 1):.2e}")
         compiled, compiled_peak = measure(steps_fns, steps, device)
-        result.update({
-            "compiled_ours_tokens_per_s": round(tokens / compiled["ours"], 1),
-            "compiled_hf_tokens_per_s": round(tokens / compiled["hf"], 1),
-            "compiled_ratio": round(compiled["hf"] / compiled["ours"], 3),
-            "ours_compiled_speedup": round(seconds["ours"] / compiled["ours"], 3),
-            "hf_compiled_speedup": round(seconds["hf"] / compiled["hf"], 3),
-            "compiled_matmul_peak_tflop_s": round(compiled_peak / 1e12, 4),
-            **{f"compiled_{name}_fraction_of_matmul_peak": round(flops[name] / compiled[name] / compiled_peak, 3)
-               for name in flops},
-        })
+        result.update(speed("compiled_", compiled, compiled_peak),
+                      **{f"{name}_compiled_speedup": round(seconds[name] / compiled[name], 3) for name in compiled})
     return result
 
 
