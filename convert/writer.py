@@ -191,9 +191,8 @@ def _worker_pool(workers: int) -> tuple[ProcessPoolExecutor, mp.queues.Queue]:
     with an error instead of leaving the map waiting forever.
     """
     global _pool
-    if _pool is not None and _pool[0] != workers:
-        _pool[1].shutdown()
-        _pool = None
+    if _pool is not None and (_pool[0] != workers or not _all_alive(_pool[1])):
+        close_worker_pool()  # a worker that died idle (the OOM killer, say) may not have broken the pool yet
     if _pool is None:
         context = mp.get_context("spawn")
         queue = context.Queue()
@@ -201,6 +200,10 @@ def _worker_pool(workers: int) -> tuple[ProcessPoolExecutor, mp.queues.Queue]:
                                    initargs=(queue, os.getpid()))
         _pool = (workers, pool, queue)
     return _pool[1], _pool[2]
+
+
+def _all_alive(pool: ProcessPoolExecutor) -> bool:
+    return all(process.is_alive() for process in (pool._processes or {}).values())
 
 
 def close_worker_pool() -> None:
@@ -219,7 +222,7 @@ def _run_parts(source: Source, root: Path, options: Options, description: str, u
     try:
         try:
             futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
-        except BrokenProcessPool:  # a kept worker died while idle (the OOM killer, say): start afresh
+        except BrokenProcessPool:  # a kept worker died idle and the pool noticed before _worker_pool did
             close_worker_pool()
             pool, queue = _worker_pool(options.workers)
             futures = [pool.submit(_convert_part, source, root, k, options) for k in range(options.workers)]
