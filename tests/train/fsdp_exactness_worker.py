@@ -77,6 +77,7 @@ def main() -> None:
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(report, f)
+    dist.barrier()  # once, rank 0 tore gloo down while rank 1 was still in a collective: SIGABRT at exit
     dist.destroy_process_group()
 
 
