@@ -28,7 +28,7 @@ weights after and before pretraining) and each run's accuracy per epoch.
 
     python bench/downstream.py [--minutes 10] [--equal-steps N] [--epochs-full rt=2,bbc=5] [--tasks rt,bbc]
         [--lr-full 1e-3] [--legs ours,random,bert] [--finetune-optimizer adamw]
-        [--set optimizer.adam_params=[token_embedding] ...]
+        [--set optimizer.adam_params=[token_embedding] ...] [--set seed=N]   (seed: another run of the same recipe)
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from perceiver_stream.model.config import PerceiverClassifierConfig
 from perceiver_stream.optim import Lamb
 
 TASKS = {"rt": "rotten-tomatoes", "bbc": "bbc-news"}
-SEED = 17
 
 
 @dataclass
@@ -101,7 +100,7 @@ def labelled_task(task: str, cache: Path, tokenizer: str, seq_len: int) -> tuple
     return splits[0], splits[1], labels
 
 
-def bag_of_pieces(train: Split, val: Split, vocab_size: int, classes: int) -> dict:
+def bag_of_pieces(train: Split, val: Split, vocab_size: int, classes: int, seed: int) -> dict:
     """Multinomial logistic regression on which pieces a document holds (L-BFGS on the convex objective
     ``C * sum(cross-entropy) + |W|^2 / 2``), ``C`` chosen on a fifth of the training split, then refitted."""
 
@@ -129,7 +128,7 @@ def bag_of_pieces(train: Split, val: Split, vocab_size: int, classes: int) -> di
     def accuracy(x, y, weight, bias) -> float:
         return float(((torch.sparse.mm(x, weight) + bias).argmax(-1) == y).float().mean())
 
-    order = np.random.default_rng(SEED).permutation(len(train.labels))
+    order = np.random.default_rng(seed).permutation(len(train.labels))
     fit_rows, check_rows = order[: len(order) * 4 // 5], order[len(order) * 4 // 5:]
     y = torch.from_numpy(train.labels).long()
     choices = {c: accuracy(features(train, check_rows), y[check_rows],
@@ -148,18 +147,18 @@ def classifier_config(settings: dict, classes: int) -> PerceiverClassifierConfig
 
 def our_classifier(settings: dict, classes: int, weights: dict[str, torch.Tensor]) -> PerceiverClassifier:
     """A ``PerceiverClassifier`` with the input adapter and encoder of ``weights`` (an MLM's state dict)."""
-    torch.manual_seed(SEED)
+    torch.manual_seed(settings["seed"])
     model = PerceiverClassifier(classifier_config(settings, classes))
     model.load_state_dict(encoder_state(weights), strict=False)
     return model
 
 
-def bert_classifier(bert_mlm, classes: int):
+def bert_classifier(bert_mlm, classes: int, seed: int):
     """``BertForSequenceClassification`` with the pretrained ``BertForMaskedLM``'s embeddings and encoder (its
     pooler, which masked language modelling does not train, and head fresh)."""
     from transformers import BertForSequenceClassification
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     config = copy.deepcopy(bert_mlm.config)
     config.num_labels = classes
     model = BertForSequenceClassification(config)
@@ -190,6 +189,7 @@ class Recipe:
 
     epochs: int
     lr: float
+    seed: int
     batch_size: int = 32
     weight_decay: float = 0.01
     optimizer: str = "adamw"
@@ -203,7 +203,7 @@ def fine_tune(forward: Callable[[dict], torch.Tensor], parameters: list[torch.nn
     steps = recipe.epochs * (len(train.labels) // recipe.batch_size)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(recipe.seed)
     accuracies = []
     for _ in range(recipe.epochs):
         for module in modules:
@@ -278,12 +278,12 @@ def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int, recipe
     def inputs(batch):
         return bert_inputs(batch, tokenizer.cls_token_id, tokenizer.pad_token_id, max_len)
 
-    frozen = bert_classifier(bert_mlm, classes)
+    frozen = bert_classifier(bert_mlm, classes, recipes["full"].seed)
     frozen.eval()
     states = Cached(lambda b: frozen.bert(**inputs(b)).last_hidden_state[:, 0], train, val)
 
     def probe(lr: float) -> list[float]:
-        model = bert_classifier(bert_mlm, classes)
+        model = bert_classifier(bert_mlm, classes, recipes["full"].seed)
         head = [model.bert.pooler, model.dropout, model.classifier]
         pooled = model.bert.pooler
         return fine_tune(lambda b: model.classifier(model.dropout(pooled.activation(pooled.dense(states(b))))),
@@ -291,7 +291,7 @@ def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int, recipe
                          replace(recipes["probe"], lr=lr), head)
 
     def full(lr: float) -> list[float]:
-        model = bert_classifier(bert_mlm, classes)
+        model = bert_classifier(bert_mlm, classes, recipes["full"].seed)
         return fine_tune(lambda b: model(**inputs(b)).logits, list(model.parameters()), train, val,
                          replace(recipes["full"], lr=lr), [model])
 
@@ -353,7 +353,8 @@ def main() -> None:
 
     start = time.perf_counter()
     epochs_full = {task: int(n) for task, n in (item.split("=") for item in args.epochs_full.split(","))}
-    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "recipes": {},
+    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "seed": settings["seed"],
+              "recipes": {},
               "mask_accuracy_ours": round(mean(ours["accuracy"]), 4),
               "mask_accuracy_bert": None if bert is None else round(mean(bert["accuracy"]), 4),
               "unigram_accuracy": round(mean(scorer.unigram), 4),
@@ -363,11 +364,12 @@ def main() -> None:
               "encoder_weight_norm_random": encoder_norm(ours["initial"]), "curves": {}}
     for task, (train, val, labels) in tasks.items():
         classes = len(labels)
-        recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe, optimizer=args.finetune_optimizer),
-                   "full": Recipe(epochs_full[task], args.lr_full, optimizer=args.finetune_optimizer)}
+        seed, optimizer = settings["seed"], args.finetune_optimizer
+        recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe, seed, optimizer=optimizer),
+                   "full": Recipe(epochs_full[task], args.lr_full, seed, optimizer=optimizer)}
         result["recipes"][task] = {mode: vars(recipe) for mode, recipe in recipes.items()}
         result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
-        floor = bag_of_pieces(train, val, len(tokenizer), classes)
+        floor = bag_of_pieces(train, val, len(tokenizer), classes, settings["seed"])
         result[f"{task}_bag_of_pieces"] = round(floor["accuracy"], 4)
         print(json.dumps({task: {"bag_of_pieces": floor}}), flush=True)
         runs = {"ours": run_ours("ours", ours["model"].state_dict(), settings, train, val, classes, recipes)}

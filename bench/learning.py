@@ -67,6 +67,7 @@ DEFAULTS = {
     "optimizer": {"name": "lamb", "lr": 0.005, "weight_decay": 0.01},
     "warmup_batches": 50,
     "batch_size": 32,
+    "seed": 17,  # initialisation, data order and masking (``--set seed=N``: another run of the same recipe)
 }
 
 
@@ -164,18 +165,18 @@ def train_ours(settings: dict, train, tokenizer, scorer: Scorer, curve_scorer: S
     """Ours with its own loop for ``minutes`` of training (or exactly ``max_steps`` batches); returns the model and
     its initial weights too."""
     config = build(PerceiverMLMConfig, settings["model"], "model.")
-    torch.manual_seed(17)
+    torch.manual_seed(settings["seed"])
     model = PerceiverMLM(config)
     initial = {key: value.clone() for key, value in model.state_dict().items()}
     optimizer = build_optimizer(model, build(OptimizerConfig, settings["optimizer"], "optimizer."))
     warmup = settings["warmup_batches"]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup, 1)))
     collator = MLMCollator(MaskingConfig(), tokenizer.mask_token_id, tokenizer.all_special_ids, len(tokenizer),
-                           seed=17)
+                           seed=settings["seed"])
     full_logits = lambda b: model(b["input_ids"], b["attention_mask"])  # noqa: E731
     curve, left_plateau, trained, step, loss = [], None, 0.0, 0, None
     next_eval = 0.0
-    data = batches(train, settings["batch_size"], seed=17)
+    data = batches(train, settings["batch_size"], seed=settings["seed"])
     while trained < minutes * 60 if max_steps is None else step < max_steps:
         if trained >= next_eval:
             model.eval()
@@ -204,7 +205,7 @@ def perceiver_mlm(settings: dict):
     """transformers' ``PerceiverForMaskedLM`` in ours' shape."""
     from transformers import PerceiverForMaskedLM
 
-    torch.manual_seed(17)
+    torch.manual_seed(settings["seed"])
     return PerceiverForMaskedLM(to_hf_config(build(PerceiverMLMConfig, settings["model"], "model.")))
 
 
@@ -213,7 +214,7 @@ def bert_mini_mlm(settings: dict):
     ours' vocabulary and sequence length: what a user would pretrain instead."""
     from transformers import BertConfig, BertForMaskedLM
 
-    torch.manual_seed(17)
+    torch.manual_seed(settings["seed"])
     model = settings["model"]
     return BertForMaskedLM(BertConfig(vocab_size=model["vocab_size"], hidden_size=BERT_MINI["hidden"],
                                       num_hidden_layers=BERT_MINI["layers"], num_attention_heads=BERT_MINI["heads"],
@@ -252,7 +253,7 @@ def train_hf(settings: dict, train, tokenizer, scorer: Scorer, minutes: float, l
                              per_device_train_batch_size=settings["batch_size"],
                              learning_rate=lr, warmup_steps=settings["warmup_batches"], max_steps=max_steps or 10**9,
                              weight_decay=0.01, report_to=[], save_strategy="no", logging_steps=10**9,
-                             dataloader_num_workers=0, use_cpu=True, seed=17, disable_tqdm=True)
+                             dataloader_num_workers=0, use_cpu=True, seed=settings["seed"], disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Budget()],
                       data_collator=DataCollatorForWholeWordMask(tokenizer, mlm_probability=0.15))
     trainer.train()
