@@ -40,7 +40,7 @@ class ComposerPerceiverClassifier(ComposerModel):
         self.model.fsdp_wrap_fn = is_attention_layer
         self.model.activation_checkpointing_fn = is_attention_layer
         if model.config.compile:  # before checkpointing wraps the layers, as for the MLM
-            compile_layers(self.model)
+            compile_layers(self.model, backend=model.config.compile_backend)
         if wrap_activation_checkpointing and model.config.activation_checkpointing:
             checkpoint_layers(self.model, offload=model.config.activation_offloading)
         classes = model.config.num_classes

@@ -52,7 +52,7 @@ class ComposerPerceiverMLM(ComposerModel):
         self.model.fsdp_wrap_fn = is_attention_layer
         self.model.activation_checkpointing_fn = is_attention_layer
         if config.compile:  # before checkpointing wraps the layers: the wrappers then call compiled layers
-            compile_layers(self.model)
+            compile_layers(self.model, backend=config.compile_backend)
         if wrap_activation_checkpointing and config.activation_checkpointing:
             checkpoint_layers(self.model, offload=config.activation_offloading)
         # The <mask>-only metrics are evaluated, not tracked every training batch: they cost an argmax over the

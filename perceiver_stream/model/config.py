@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+# torch.compile backends model.compile_backend takes: inductor (code generation), cudagraphs (CUDA graphs, no
+# code generation), aot_eager (traced and partitioned, run by eager kernels), eager (traced only).
+COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager")
+
 
 @dataclass
 class EncoderConfig:
@@ -89,6 +93,8 @@ class PerceiverConfig:
         compile: compile each attention layer with ``torch.compile`` (``perceiver_stream.model.mlm.compile_layers``).
             Off by default: on the 2-core development CPU it made the step slower (base 5%, small 10%) after a
             minute or more of compilation; ``make gpu-check`` measures it against eager on a GPU.
+        compile_backend: torch.compile's backend for ``compile``: ``inductor`` generates code; ``aot_eager`` traces
+            and partitions without generating any (torch's first step in isolating a compiler bug, and quick on CPU).
     """
 
     vocab_size: int = 32000
@@ -102,12 +108,16 @@ class PerceiverConfig:
     activation_checkpointing: bool = False
     activation_offloading: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, dict):
             self.encoder = EncoderConfig(**self.encoder)
         if self.activation_offloading and not self.activation_checkpointing:
             raise ValueError("model.activation_offloading=true needs model.activation_checkpointing=true")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"model.compile_backend={self.compile_backend!r}: expected one of "
+                             f"{', '.join(COMPILE_BACKENDS)}")
         if not 0.0 <= self.encoder.dropout < 1.0:
             raise ValueError(f"model.encoder.dropout={self.encoder.dropout} must be in [0, 1)")
 

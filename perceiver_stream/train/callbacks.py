@@ -1,5 +1,5 @@
 """Our Composer callbacks: fill-mask predictions at every eval, a per-batch log of sample identity, the resume
-guard, a stop at the first non-finite loss, and the first batch's time."""
+guard, a stop at the first non-finite loss, the first batch's time, and torch.compile's cache in checkpoints."""
 
 from __future__ import annotations
 
@@ -205,6 +205,46 @@ class FirstBatchTime(Callback):
             self.seconds = time.perf_counter() - self._start
             logger.log_metrics({"time/first_batch_s": self.seconds})
             log.info("first batch: %.1f s (compilation and warm-up included)", self.seconds)
+
+
+class CompileCache(Callback):
+    """Carries torch.compile's cache in every checkpoint (``torch.compiler.save_cache_artifacts``: the compiled
+    graphs of ``model.compile``'s layers and of the fused Lamb, with their generated kernels), and hands it to
+    torch when a run resumes from one: the resumed process, on this machine or any other with the same torch,
+    finds its graphs compiled instead of compiling them again (inductor's cache directory serves only the machine
+    that wrote it). After the first batch it logs how many graphs came from a cache (``compile/cache_hits``) and
+    how many were compiled (``compile/cache_misses``). A checkpoint of another torch version is not handed over."""
+
+    def __init__(self) -> None:
+        self._logged = False
+
+    def state_dict(self) -> dict:
+        saved = torch.compiler.save_cache_artifacts()
+        nothing = saved is None or not any(vars(saved[1]).values())  # nothing compiled in this process
+        return {"torch": torch.__version__, "artifacts": None if nothing else saved[0]}
+
+    def load_state_dict(self, state: dict) -> None:
+        artifacts = state.get("artifacts")
+        if artifacts is None:
+            return
+        if state.get("torch") != torch.__version__:
+            log.info("compile cache: the checkpoint's is torch %s's, this is %s: compiling afresh",
+                     state.get("torch"), torch.__version__)
+            return
+        info = torch.compiler.load_cache_artifacts(artifacts)
+        graphs = 0 if info is None else len(info.inductor_artifacts) + len(info.aot_autograd_artifacts)
+        log.info("compile cache: %d compiled graph(s) from the checkpoint (%.1f MB)", graphs, len(artifacts) / 1e6)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        from torch._dynamo.utils import counters
+
+        hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+        if hits or misses:
+            logger.log_metrics({"compile/cache_hits": hits, "compile/cache_misses": misses})
+            log.info("compilation: %d graph(s) from a cache, %d compiled", hits, misses)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -22,7 +22,7 @@ from perceiver_stream.model.config import PerceiverClassifierConfig, PerceiverCo
 
 # Settings that do not shape the encoder's weights or what they compute: free to differ from pretraining.
 FREE_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "compile",
-             "encoder.dropout")
+             "compile_backend", "encoder.dropout")
 
 
 def encoder_settings(model: dict[str, Any]) -> dict[str, Any]:

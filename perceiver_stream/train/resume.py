@@ -200,7 +200,7 @@ def fetch_intact(remote: str, name: str, local: Path) -> Path:
 
 # model.* settings a resumed run may change: they do not shape the weights or what they compute.
 FREE_MODEL_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "compile",
-                   "encoder.dropout", "decoder.dropout", "encoder_from", "freeze_encoder")
+                   "compile_backend", "encoder.dropout", "decoder.dropout", "encoder_from", "freeze_encoder")
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:

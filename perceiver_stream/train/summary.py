@@ -71,5 +71,6 @@ def summary(cfg: TrainConfig, world_size: int) -> str:
         lines.append(f"parallelism: FSDP{fsdp.version} {fsdp.sharding_strategy}, mixed precision "
                      f"{fsdp.mixed_precision}, {fsdp.state_dict_type} checkpoints")
     lines.append(f"activation checkpointing {cfg.model.activation_checkpointing}, "
-                 f"activation offloading {cfg.model.activation_offloading}, compiled layers {cfg.model.compile}")
+                 f"activation offloading {cfg.model.activation_offloading}, compiled layers {cfg.model.compile}"
+                 + (f" ({cfg.model.compile_backend})" if cfg.model.compile else ""))
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from perceiver_stream.optim import build_optimizer
 from perceiver_stream.remote import RemoteError, is_remote, list_objects
 from perceiver_stream.train.callbacks import (
     CheckpointDigests,
+    CompileCache,
     FillMaskTable,
     FirstBatchTime,
     ResumeGuard,
@@ -56,7 +57,7 @@ def check_environment(cfg: TrainConfig) -> None:
         if cfg.parallelism.fsdp is not None and cfg.parallelism.fsdp.version == 1:
             raise ConfigError("parallelism.fsdp.version=1 needs GPUs (Composer 0.32.1's FSDP1 calls "
                              "torch.cuda.current_device()); use parallelism.fsdp.version=2 on CPU")
-        if cfg.model.compile:
+        if cfg.model.compile and cfg.model.compile_backend == "inductor":
             from torch._inductor import config as inductor_config
             from torch._inductor import cpp_builder, exc
 
@@ -65,7 +66,8 @@ def check_environment(cfg: TrainConfig) -> None:
             except exc.InvalidCxxCompiler:
                 tried = ", ".join(c for c in inductor_config.cpp.cxx if c)
                 raise ConfigError(f"model.compile=true needs a C++ compiler on CPU (inductor generates C++; {tried} "
-                                  "did not run): install g++, point CXX at a compiler, or set model.compile=false"
+                                  "did not run): install g++, point CXX at a compiler, or set model.compile=false "
+                                  "(or model.compile_backend=aot_eager, which generates no code)"
                                   ) from None
 
 
@@ -188,7 +190,7 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
                  OptimizerMonitor(), ResumeGuard(resume_settings(cfg, info)),
                  RunDescription(to_dict(cfg), info.tokenizer_fingerprint, info.labels, tokenizer_files(info.tokenizer)),
-                 StopOnNonFiniteLoss(), FirstBatchTime()]
+                 StopOnNonFiniteLoss(), FirstBatchTime(), CompileCache()]
     if not isinstance(cfg, ClassifierTrainConfig):
         callbacks.append(FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences))
     if torch.cuda.is_available():

@@ -1,8 +1,8 @@
 """Run under ``composer -n 2``: build the Trainer as train.py does (FSDP2 + activation checkpointing + compiled
 layers), train the configured batches, and let rank 0 report what Composer actually did to the model to argv[1].
 
-Layers compile with ``aot_eager`` here (traced, partitioned, no code generated): inductor's C++ code generation
-takes minutes on the development CPU, and what FSDP2 and checkpointing can break is the tracing."""
+The test sets ``model.compile_backend=aot_eager`` (traced, partitioned, no code generated): inductor's C++ code
+generation takes minutes on the development CPU, and what FSDP2 and checkpointing can break is the tracing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import math
 import sys
 
-import torch
 from composer.utils import dist
 from torch._dynamo.utils import counters
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
@@ -25,8 +24,6 @@ from perceiver_stream.train.trainer import build_trainer
 
 def main() -> None:
     out, config, *overrides = sys.argv[1:]
-    compile_module = torch.nn.Module.compile
-    torch.nn.Module.compile = lambda self, **options: compile_module(self, **{**options, "backend": "aot_eager"})
     trainer = build_trainer(build(TrainConfig, load(config, overrides)))
     model = trainer.state.model
     wrapped = [m._checkpoint_wrapped_module for m in model.modules() if isinstance(m, CheckpointWrapper)]

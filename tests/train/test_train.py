@@ -21,6 +21,7 @@ def test_fsdp2_shards_parameters_and_checkpoints_and_compiles_every_attention_la
     overrides = tiny_overrides(tiny_shards, tmp_path, **{"parallelism.fsdp.version": 2,
                                                           "model.activation_checkpointing": "true",
                                                           "model.compile": "true", "max_duration": "2ba",
+                                                          "model.compile_backend": "aot_eager",
                                                           "eval_interval": "100ba", "data.num_workers": 0})
     out = tmp_path / "report.json"
     worker = str(Path(__file__).with_name("fsdp_worker.py"))
@@ -47,6 +48,7 @@ def test_fsdp2_shards_parameters_and_checkpoints_and_compiles_every_attention_la
      "parallelism.fsdp.activation_checkpointing is no longer a key: set model.activation_checkpointing"),
     ("parallelism.fsdp.cpu_offload=true", "parallelism.fsdp.cpu_offload is no longer a key: Composer 0.32.1 has no"),
     ("model.vocab_size=1000", "model.vocab_size=1000 but tokenizer"),
+    ("model.compile_backend=xla", "model.compile_backend='xla': expected one of inductor, cudagraphs, aot_eager"),
     ("save_folder={tmp}/a_file/checkpoints", "save_folder='{tmp}/a_file/checkpoints': cannot write checkpoints"),
     ("data.tokenizer={tmp}/empty", "data.tokenizer={tmp}/empty: cannot load a tokenizer"),
     ("data.streams.wikipedia.local={tmp}/truncated", "{tmp}/truncated/train/manifest.json is not valid JSON"),
@@ -77,7 +79,8 @@ def test_compile_without_a_cpp_compiler_is_a_one_line_error(tiny_shards, tmp_pat
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         f"train.py: error: model.compile=true needs a C++ compiler on CPU (inductor generates C++; {tmp_path}/"
-        "no-such-compiler did not run): install g++, point CXX at a compiler, or set model.compile=false")
+        "no-such-compiler did not run): install g++, point CXX at a compiler, or set model.compile=false "
+        "(or model.compile_backend=aot_eager, which generates no code)")
 
 
 def test_a_malformed_yaml_is_named(tmp_path, capsys):
