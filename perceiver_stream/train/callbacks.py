@@ -232,7 +232,7 @@ class CompileCache(Callback):
                      state.get("torch"), torch.__version__)
             return
         info = torch.compiler.load_cache_artifacts(artifacts)
-        graphs = 0 if info is None else len(info.inductor_artifacts) + len(info.aot_autograd_artifacts)
+        graphs = 0 if info is None else len(info.inductor_artifacts)
         log.info("compile cache: %d compiled graph(s) from the checkpoint (%.1f MB)", graphs, len(artifacts) / 1e6)
 
     def batch_end(self, state: State, logger: Logger) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -132,6 +133,35 @@ def reference(tiny_shards, tmp_path_factory) -> Path:
 def test_killed_run_resumes_with_the_same_batches(tiny_shards, reference, tmp_path):
     kill_and_resume([TINY, *overrides(tiny_shards, tmp_path)], tmp_path)
     assert_same_run(tmp_path, reference)
+
+
+@REFERENCE
+def test_a_killed_run_with_compiled_layers_resumes_exactly(tiny_shards, reference, tmp_path):
+    """``model.compile`` with checkpointing and resumption: the compiled run, killed and resumed, trains the eager
+    reference's batches bitwise. Traced with ``aot_eager`` (inductor's C++ generation takes minutes here), which
+    runs the same kernels as eager, so bitwise equality with the eager run is what it must give."""
+    compiled = {"model.compile": "true", "model.compile_backend": "aot_eager"}
+    kill_and_resume([TINY, *overrides(tiny_shards, tmp_path, **compiled)], tmp_path)
+    assert_same_run(tmp_path, reference)
+
+
+def test_a_resumed_run_takes_its_compiled_graphs_from_the_checkpoint(tiny_shards, tmp_path):
+    """The checkpoint carries torch.compile's cache (``CompileCache``): resumed in a process whose inductor cache
+    directory is empty, as on another machine, the run compiles nothing. Here the graphs are the fused Lamb's two
+    passes (``optimizer.fused=true``, inductor)."""
+    def argv(batches: int) -> list:
+        return [TINY, *overrides(tiny_shards, tmp_path, **{"optimizer.fused": "true", "max_duration": f"{batches}ba",
+                                                           "save_interval": "2ba"})]
+
+    first = train(argv(2), env={**ONE_THREAD, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache-first")})
+    assert first.returncode == 0, first.stderr[-3000:]
+    compiled = re.search(r"compilation: 0 graph\(s\) from a cache, (\d+) compiled", first.stderr)
+    assert compiled and int(compiled[1]) >= 2, first.stderr[-3000:]
+    resumed = train(argv(4), env={**ONE_THREAD, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache-resumed")})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"compile cache: {compiled[1]} compiled graph(s) from the checkpoint" in resumed.stderr
+    assert f"compilation: {compiled[1]} graph(s) from a cache, 0 compiled" in resumed.stderr, resumed.stderr[-3000:]
+    assert max(batches(tmp_path)) == 4
 
 
 @REFERENCE
