@@ -11,7 +11,10 @@ On one CUDA device, in bf16 autocast at the blueprint's seq 512:
 2. ``compile``: compiled against eager at one micro-batch (the model part's same micro-batch, the largest
    transformers fits without checkpointing, else ``--compile-batch``): ours with every attention layer compiled
    (``model.compile``), transformers' whole model compiled (``torch.compile``, its default mode); tokens/s, the
-   first step's seconds (compilation included), MFU of ours, ours / transformers eager and compiled.
+   first step's seconds (compilation included), MFU of ours, ours / transformers eager and compiled. Then a
+   restart: a fresh process with empty inductor and Triton cache directories is handed ours' compiled graphs as a
+   checkpoint carries them (``CompileCache``) and times its first compiled step (``restart_first_step_s``, after
+   one eager step has started CUDA), against this process's first compiled step.
 3. ``lamb``: one Lamb step over the base parameters, ours vs ``torch_optimizer.Lamb``.
 4. ``train``: 30 batches of ``yamls/mlm_base.yaml`` through ``train.py`` with FSDP version 1 and 2 on shards
    converted from a small text corpus, with tokens/s and MFU as Composer's SpeedMonitor logs them.
@@ -241,19 +244,56 @@ def compile_part(device: torch.device, smoke: bool, steps: int, micro_batch: int
     ``aot_eager`` (no code generated: the script's path, not inductor's speed, is what it checks)."""
     config = base_config(smoke)
     peak = None if smoke else peak_tflops(torch.cuda.get_device_name())
+    backend = "aot_eager" if smoke else "inductor"
     result: dict = {"micro_batch": micro_batch}
     for kind in ("ours", "hf"):
-        for backend in (None, "aot_eager" if smoke else "inductor"):
-            step = build_step(kind, config, False, device, compile_backend=backend)
-            result[f"{kind}_{'compiled' if backend else 'eager'}"] = with_mfu(
+        for compile_backend in (None, backend):
+            step = build_step(kind, config, False, device, compile_backend=compile_backend)
+            result[f"{kind}_{'compiled' if compile_backend else 'eager'}"] = with_mfu(
                 measure(step, config, micro_batch, device, steps), kind, peak)
+            del step
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if kind == "ours" and compile_backend:
+                result["restart"] = restart(smoke, micro_batch, backend)
     for mode in ("eager", "compiled"):
         ours, hf = (result[f"{kind}_{mode}"]["tokens_per_s"] for kind in ("ours", "hf"))
         result[f"ratio_{mode}"] = round(ours / hf, 3)
     result["ours_compiled_speedup"] = round(result["ours_eager"]["step_s"] / result["ours_compiled"]["step_s"], 3)
     return result
+
+
+def restart(smoke: bool, micro_batch: int, backend: str) -> dict:
+    """Ours' first compiled step in a fresh process given this process's compiled graphs (``first_compiled_step``)."""
+    saved = torch.compiler.save_cache_artifacts()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-restart-") as folder:
+        artifacts = Path(folder) / "artifacts.bin"
+        artifacts.write_bytes(saved[0] if saved else b"")
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{folder}/inductor", "TRITON_CACHE_DIR": f"{folder}/triton"}
+        command = [sys.executable, __file__, "--first-compiled-step", str(artifacts), "--compile-batch",
+                   str(micro_batch), "--compile-backend", backend, *(["--smoke"] if smoke else [])]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else done.returncode}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def first_compiled_step(artifacts: Path, smoke: bool, micro_batch: int, backend: str) -> dict:
+    """In a fresh process: load the compiled graphs, take one eager step (CUDA's start-up), then time ours' first
+    compiled step, and count the graphs inductor found in its cache and those it compiled."""
+    from torch._dynamo.utils import counters
+
+    data = artifacts.read_bytes()
+    info = torch.compiler.load_cache_artifacts(data) if data else None
+    device = torch.device("cpu" if smoke else "cuda")
+    config = base_config(smoke)
+    batch = make_batch(config, micro_batch, device)
+    timed(build_step("ours", config, False, device), batch, device)
+    seconds = timed(build_step("ours", config, False, device, compile_backend=backend), batch, device)
+    return {"first_step_s": round(seconds, 2), "artifacts_mb": round(len(data) / 1e6, 2),
+            "loaded_graphs": 0 if info is None else len(info.inductor_artifacts),
+            "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
+            "cache_misses": counters["inductor"]["fxgraph_cache_miss"]}
 
 
 def lamb_part(device: torch.device, smoke: bool, steps: int) -> dict:
@@ -363,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=128, help="global batch of the train part's runs")
     parser.add_argument("--train-timeout", type=int, default=240, help="seconds per train.py run")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (the test suite's check)")
+    parser.add_argument("--first-compiled-step", type=Path, help=argparse.SUPPRESS)  # the compile part's restart
+    parser.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.first_compiled_step:
+        print(json.dumps(first_compiled_step(args.first_compiled_step, args.smoke, args.compile_batch,
+                                             args.compile_backend)))
+        return 0
     if not args.smoke and not torch.cuda.is_available():
         print("bench/gpu_check.py: needs a CUDA device (none is visible to torch); see README, section 'GPU'",
               file=sys.stderr)

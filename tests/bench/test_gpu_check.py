@@ -82,6 +82,8 @@ def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
         compiled["ours_eager"]["step_s"] / compiled["ours_compiled"]["step_s"], 3)
     for kind in ("ours", "hf"):  # the compiled step's first call traced the model: it took longer than eager's
         assert compiled[f"{kind}_compiled"]["first_step_s"] > compiled[f"{kind}_eager"]["first_step_s"], compiled
+    restart = compiled["restart"]  # a fresh process ran ours' compiled step; aot_eager leaves inductor no graphs
+    assert restart["first_step_s"] > 0 and restart["loaded_graphs"] == restart["cache_misses"] == 0, restart
     lamb = printed["lamb"]
     assert lamb["speedup"] == round(lamb["torch_optimizer_ms"] / lamb["ours_ms"], 2) and lamb["ours_ms"] > 0
     assert printed["train"]["fsdp2"]["tokens_per_s"] > 0, printed["train"]
