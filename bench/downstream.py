@@ -13,14 +13,16 @@ architecture at its random initialisation, BERT-mini pretrained for the same CPU
    ``probe`` trains the classifier head on the frozen encoder, ``full`` trains everything. Ours and the random
    initialisation (the very weights ours' pretraining started from) get the ``PerceiverClassifier`` decoder (one
    trainable query); BERT is fine-tuned as ``BertForSequenceClassification`` (its pooler and linear head; the probe
-   trains those), its input led by ``<cls>`` as BERT expects. BERT is also fine-tuned at its own recommended
+   trains those), its input led by ``<cls>`` as BERT expects. ``two_step`` is the original project's recipe: full
+   fine-tuning that starts from the probe's trained decoder (BERT: pooler and head; its better probe, at its better
+   full learning rate) instead of a fresh one. BERT is also fine-tuned at its own recommended
    learning rate (``--lr-bert``, 1e-4: Google's BERT-mini grid is 3e-4 .. 3e-5), and its better result counts: a
    competitor gets its fast path. The optimizer is AdamW, or our Lamb for every leg with ``--finetune-optimizer
    lamb`` (each layer's step relative to its weights: an ablation of how far pretraining grew them).
 4. The floor without a network: logistic regression on the bag of pieces of the same (truncated) inputs, its L2
    strength chosen on a fifth of the training split.
 
-Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours,random,bert}``,
+Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours,random,bert}``, ``rt_two_step_*``,
 ``bbc_probe_*``, ``bbc_full_*`` (val accuracy after the last epoch), ``rt_bag_of_pieces``, ``bbc_bag_of_pieces``,
 ``rt_majority``, ``bbc_majority``, ``mask_accuracy_{ours,bert}``, ``unigram_accuracy``, ``pretrain_batches_*``,
 ``pretrain_minutes``, ``finetune_minutes``, ``encoder_weight_norm_{ours,random}`` (the L2 norm of the encoder's
@@ -254,17 +256,21 @@ class Cached:
 
 def run_ours(name: str, weights: dict, settings: dict, train: Split, val: Split, classes: int,
              recipes: dict[str, Recipe]) -> dict[str, list[float]]:
-    """Probe and full fine-tuning of a ``PerceiverClassifier`` on ``weights``' encoder."""
-    model = our_classifier(settings, classes, weights)
-    freeze_encoder(model)
-    model.eval()
-    latents = Cached(lambda b: model.encoder(model.input_adapter.embed(b["input_ids"]), b["attention_mask"] == 0),
+    """Probe, full fine-tuning, and the two steps (full fine-tuning from the probe's trained decoder) of a
+    ``PerceiverClassifier`` on ``weights``' encoder."""
+    probed = our_classifier(settings, classes, weights)
+    freeze_encoder(probed)
+    probed.eval()
+    latents = Cached(lambda b: probed.encoder(probed.input_adapter.embed(b["input_ids"]), b["attention_mask"] == 0),
                      train, val)
-    results = {"probe": fine_tune(lambda b: model.decoder(latents(b)), list(model.decoder.parameters()), train, val,
-                                  recipes["probe"], [model.decoder])}
-    model = our_classifier(settings, classes, weights)
-    results["full"] = fine_tune(lambda b: model(b["input_ids"], b["attention_mask"]), list(model.parameters()),
-                                train, val, recipes["full"], [model])
+    results = {"probe": fine_tune(lambda b: probed.decoder(latents(b)), list(probed.decoder.parameters()), train,
+                                  val, recipes["probe"], [probed.decoder])}
+    for mode in ("full", "two_step"):
+        model = our_classifier(settings, classes, weights)
+        if mode == "two_step":
+            model.decoder.load_state_dict(probed.decoder.state_dict())
+        results[mode] = fine_tune(lambda b, m=model: m(b["input_ids"], b["attention_mask"]),
+                                  list(model.parameters()), train, val, recipes["full"], [model])
     print(json.dumps({name: results}), flush=True)
     return results
 
@@ -282,24 +288,30 @@ def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int, recipe
     frozen.eval()
     states = Cached(lambda b: frozen.bert(**inputs(b)).last_hidden_state[:, 0], train, val)
 
-    def probe(lr: float) -> list[float]:
+    def probe(lr: float) -> tuple[list[float], torch.nn.Module]:
         model = bert_classifier(bert_mlm, classes, recipes["full"].seed)
         head = [model.bert.pooler, model.dropout, model.classifier]
         pooled = model.bert.pooler
         return fine_tune(lambda b: model.classifier(model.dropout(pooled.activation(pooled.dense(states(b))))),
                          [p for m in head for p in m.parameters()], train, val,
-                         replace(recipes["probe"], lr=lr), head)
+                         replace(recipes["probe"], lr=lr), head), model
 
-    def full(lr: float) -> list[float]:
+    def full(lr: float, probed: torch.nn.Module | None = None) -> tuple[list[float], None]:
         model = bert_classifier(bert_mlm, classes, recipes["full"].seed)
+        if probed is not None:  # the two steps: from the probe's trained pooler and head
+            model.bert.pooler.load_state_dict(probed.bert.pooler.state_dict())
+            model.classifier.load_state_dict(probed.classifier.state_dict())
         return fine_tune(lambda b: model(**inputs(b)).logits, list(model.parameters()), train, val,
-                         replace(recipes["full"], lr=lr), [model])
+                         replace(recipes["full"], lr=lr), [model]), None
 
-    results = {}
+    results, best = {}, {}
     for mode, run in (("probe", probe), ("full", full)):
-        results[mode + "_shared_lr"] = run(recipes[mode].lr)
-        results[mode + "_own_lr"] = run(own_lr)
-        results[mode] = max(results[mode + "_shared_lr"], results[mode + "_own_lr"], key=lambda curve: curve[-1])
+        runs = {"shared_lr": (recipes[mode].lr, run(recipes[mode].lr)), "own_lr": (own_lr, run(own_lr))}
+        for which, (_, (curve, _)) in runs.items():
+            results[f"{mode}_{which}"] = curve
+        best[mode] = max(runs.values(), key=lambda run: run[1][0][-1])  # (lr, (curve, model)) ending highest
+        results[mode] = best[mode][1][0]
+    results["two_step"] = full(best["full"][0], best["probe"][1][1])[0]
     print(json.dumps({"bert": results}), flush=True)
     return results
 
