@@ -296,22 +296,24 @@ def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int, recipe
                          [p for m in head for p in m.parameters()], train, val,
                          replace(recipes["probe"], lr=lr), head), model
 
-    def full(lr: float, probed: torch.nn.Module | None = None) -> tuple[list[float], None]:
+    def full(lr: float, probed: torch.nn.Module | None = None) -> list[float]:
         model = bert_classifier(bert_mlm, classes, recipes["full"].seed)
         if probed is not None:  # the two steps: from the probe's trained pooler and head
             model.bert.pooler.load_state_dict(probed.bert.pooler.state_dict())
             model.classifier.load_state_dict(probed.classifier.state_dict())
         return fine_tune(lambda b: model(**inputs(b)).logits, list(model.parameters()), train, val,
-                         replace(recipes["full"], lr=lr), [model]), None
+                         replace(recipes["full"], lr=lr), [model])
 
-    results, best = {}, {}
-    for mode, run in (("probe", probe), ("full", full)):
-        runs = {"shared_lr": (recipes[mode].lr, run(recipes[mode].lr)), "own_lr": (own_lr, run(own_lr))}
-        for which, (_, (curve, _)) in runs.items():
-            results[f"{mode}_{which}"] = curve
-        best[mode] = max(runs.values(), key=lambda run: run[1][0][-1])  # (lr, (curve, model)) ending highest
-        results[mode] = best[mode][1][0]
-    results["two_step"] = full(best["full"][0], best["probe"][1][1])[0]
+    lrs = {mode: {"shared_lr": recipes[mode].lr, "own_lr": own_lr} for mode in ("probe", "full")}
+    results, probed = {}, {}
+    for which in ("shared_lr", "own_lr"):
+        results[f"probe_{which}"], probed[which] = probe(lrs["probe"][which])
+        results[f"full_{which}"] = full(lrs["full"][which])
+    best = {mode: max(("shared_lr", "own_lr"), key=lambda which: results[f"{mode}_{which}"][-1])
+            for mode in ("probe", "full")}  # the learning rate whose run ended highest
+    for mode, which in best.items():
+        results[mode] = results[f"{mode}_{which}"]
+    results["two_step"] = full(lrs["full"][best["full"]], probed[best["probe"]])
     print(json.dumps({"bert": results}), flush=True)
     return results
 
@@ -365,8 +367,8 @@ def main() -> None:
 
     start = time.perf_counter()
     epochs_full = {task: int(n) for task, n in (item.split("=") for item in args.epochs_full.split(","))}
-    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "seed": settings["seed"],
-              "recipes": {},
+    seed, optimizer = settings["seed"], args.finetune_optimizer
+    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "seed": seed, "recipes": {},
               "mask_accuracy_ours": round(mean(ours["accuracy"]), 4),
               "mask_accuracy_bert": None if bert is None else round(mean(bert["accuracy"]), 4),
               "unigram_accuracy": round(mean(scorer.unigram), 4),
@@ -376,12 +378,11 @@ def main() -> None:
               "encoder_weight_norm_random": encoder_norm(ours["initial"]), "curves": {}}
     for task, (train, val, labels) in tasks.items():
         classes = len(labels)
-        seed, optimizer = settings["seed"], args.finetune_optimizer
         recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe, seed, optimizer=optimizer),
                    "full": Recipe(epochs_full[task], args.lr_full, seed, optimizer=optimizer)}
         result["recipes"][task] = {mode: vars(recipe) for mode, recipe in recipes.items()}
         result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
-        floor = bag_of_pieces(train, val, len(tokenizer), classes, settings["seed"])
+        floor = bag_of_pieces(train, val, len(tokenizer), classes, seed)
         result[f"{task}_bag_of_pieces"] = round(floor["accuracy"], 4)
         print(json.dumps({task: {"bag_of_pieces": floor}}), flush=True)
         runs = {"ours": run_ours("ours", ours["model"].state_dict(), settings, train, val, classes, recipes)}

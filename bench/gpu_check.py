@@ -13,8 +13,9 @@ On one CUDA device, in bf16 autocast at the blueprint's seq 512:
    (``model.compile``), transformers' whole model compiled (``torch.compile``, its default mode); tokens/s, the
    first step's seconds (compilation included), MFU of ours, ours / transformers eager and compiled. Then a
    restart: a fresh process with empty inductor and Triton cache directories is handed ours' compiled graphs as a
-   checkpoint carries them (``CompileCache``) and times its first compiled step (``restart_first_step_s``, after
-   one eager step has started CUDA), against this process's first compiled step.
+   checkpoint carries them (``CompileCache``) and times its first compiled step (``restart``: ``first_step_s``
+   after one eager step has started CUDA, ``cache_hits``, ``cache_misses``), against this process's first
+   compiled step.
 3. ``lamb``: one Lamb step over the base parameters, ours vs ``torch_optimizer.Lamb``.
 4. ``train``: 30 batches of ``yamls/mlm_base.yaml`` through ``train.py`` with FSDP version 1 and 2 on shards
    converted from a small text corpus, with tokens/s and MFU as Composer's SpeedMonitor logs them.

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field, fields
 # torch.compile backends model.compile_backend takes: inductor (code generation), cudagraphs (CUDA graphs, no
 # code generation), aot_eager (traced and partitioned, run by eager kernels), eager (traced only).
 COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager")
+# PerceiverConfig settings that do not shape the weights or what they compute: a resumed run and a fine-tuning
+# run may set them otherwise than the checkpoint's.
+RUNTIME_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "compile",
+                "compile_backend", "encoder.dropout")
 
 
 @dataclass

@@ -18,11 +18,7 @@ from perceiver_stream.config import ConfigError
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
 from perceiver_stream.errors import first_line
 from perceiver_stream.model.classifier import PerceiverClassifier, build_classifier, encoder_state, freeze_encoder
-from perceiver_stream.model.config import PerceiverClassifierConfig, PerceiverConfig
-
-# Settings that do not shape the encoder's weights or what they compute: free to differ from pretraining.
-FREE_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "compile",
-             "compile_backend", "encoder.dropout")
+from perceiver_stream.model.config import RUNTIME_KEYS, PerceiverClassifierConfig, PerceiverConfig
 
 
 def encoder_settings(model: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +31,7 @@ def encoder_settings(model: dict[str, Any]) -> dict[str, Any]:
             flat.update({f"encoder.{k}": v for k, v in (value or {}).items()})
         else:
             flat[field.name] = value
-    return {key: value for key, value in flat.items() if key not in FREE_KEYS}
+    return {key: value for key, value in flat.items() if key not in RUNTIME_KEYS}
 
 
 def check_settings(source: str, pretrained: dict[str, Any], configured: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ import torch
 import xxhash
 
 from perceiver_stream.digest import update_with_file
+from perceiver_stream.model.config import RUNTIME_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,7 @@ def fetch_intact(remote: str, name: str, local: Path) -> Path:
 
 
 # model.* settings a resumed run may change: they do not shape the weights or what they compute.
-FREE_MODEL_KEYS = ("init_scale", "local_init", "activation_checkpointing", "activation_offloading", "compile",
-                   "compile_backend", "encoder.dropout", "decoder.dropout", "encoder_from", "freeze_encoder")
+FREE_MODEL_KEYS = (*RUNTIME_KEYS, "decoder.dropout", "encoder_from", "freeze_encoder")
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
