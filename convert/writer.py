@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import queue as queue_module
 import threading
@@ -203,7 +204,10 @@ def _worker_pool(workers: int) -> tuple[ProcessPoolExecutor, mp.queues.Queue]:
 
 
 def _all_alive(pool: ProcessPoolExecutor) -> bool:
-    return all(process.is_alive() for process in (pool._processes or {}).values())
+    """No worker has exited and the pool has not noticed one that did. A process's sentinel becomes readable when
+    it exits, whoever reaps it: ``is_alive`` answers True while the pool's own thread is reaping it."""
+    sentinels = [process.sentinel for process in (pool._processes or {}).values()]
+    return not pool._broken and not mp.connection.wait(sentinels, timeout=0)
 
 
 def close_worker_pool() -> None:
