@@ -26,11 +26,12 @@ architecture at its random initialisation, BERT-mini pretrained for the same CPU
 Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours,random,bert}``, ``rt_two_step_*``,
 ``bbc_probe_*``, ``bbc_full_*`` (val accuracy after the last epoch), ``rt_bag_of_pieces``, ``bbc_bag_of_pieces``,
 ``rt_majority``, ``bbc_majority``, ``mask_accuracy_{ours,bert}``, ``unigram_accuracy``, ``pretrain_batches_*``,
-``pretrain_minutes``, ``finetune_minutes``, ``encoder_weight_norm_{ours,random}`` (the L2 norm of the encoder's
-weights after and before pretraining) and each run's accuracy per epoch.
+``pretrain_minutes``, ``pretrain_minutes_{ours,bert}`` (each one's training time alone), ``finetune_minutes``,
+``encoder_weight_norm_{ours,random}`` (the L2 norm of the encoder's weights after and before pretraining) and each
+run's accuracy per epoch.
 
-    python bench/downstream.py [--minutes 10] [--equal-steps N] [--epochs-full rt=2,bbc=5] [--tasks rt,bbc]
-        [--lr-full 1e-3] [--legs ours,random,bert] [--finetune-optimizer adamw]
+    python bench/downstream.py [--minutes 10] [--equal-steps N [--bert-minutes M]] [--epochs-full rt=2,bbc=5]
+        [--tasks rt,bbc] [--lr-full 1e-3] [--legs ours,random,bert] [--finetune-optimizer adamw]
         [--set optimizer.adam_params=[token_embedding] ...] [--set seed=N]   (seed: another run of the same recipe)
 """
 
@@ -338,7 +339,7 @@ def pretrained_ours(settings: dict, corpora, tokenizer, scorer: Scorer, curve_sc
                       max_steps=args.equal_steps)
     if args.equal_steps is not None:
         torch.save({"weights": ours["model"].state_dict(), "initial": ours["initial"], "batches": ours["batches"],
-                    "accuracy": ours["accuracy"]}, path)
+                    "accuracy": ours["accuracy"], "seconds": ours["seconds"]}, path)
     return ours
 
 
@@ -348,6 +349,9 @@ def main() -> None:
     parser.add_argument("--equal-steps", type=int, default=None, help="pretrain both exactly this many batches")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of ours' pretraining")
     parser.add_argument("--bert-lr", type=float, default=1e-3, help="BERT-mini's pretraining learning rate")
+    parser.add_argument("--bert-minutes", type=float, default=None,
+                        help="BERT-mini's pretraining budget, also with --equal-steps (e.g. the minutes ours' batches "
+                             "took: equal compute for ours' cached weights); default: as ours")
     parser.add_argument("--tasks", default="rt,bbc")
     parser.add_argument("--legs", default="ours,random,bert",
                         help="which encoders to fine-tune (ours,random: an ablation of ours' pretraining or of the "
@@ -382,8 +386,9 @@ def main() -> None:
           flush=True)
     bert = None
     if "bert" in legs:
-        bert = train_hf(settings, corpora, tokenizer, scorer, args.minutes, args.bert_lr,
-                        model=bert_mini_mlm(settings), max_steps=args.equal_steps)
+        by_time = args.bert_minutes is not None
+        bert = train_hf(settings, corpora, tokenizer, scorer, args.bert_minutes if by_time else args.minutes,
+                        args.bert_lr, model=bert_mini_mlm(settings), max_steps=None if by_time else args.equal_steps)
         print(json.dumps({"pretrained": "bert", "batches": bert["batches"], "mask_accuracy": mean(bert["accuracy"])}),
               flush=True)
     pretrain_minutes = (time.perf_counter() - start) / 60
@@ -397,6 +402,8 @@ def main() -> None:
               "unigram_accuracy": round(mean(scorer.unigram), 4),
               "pretrain_batches_ours": ours["batches"],
               "pretrain_batches_bert": None if bert is None else bert["batches"],
+              "pretrain_minutes_ours": None if ours.get("seconds") is None else round(ours["seconds"] / 60, 1),
+              "pretrain_minutes_bert": None if bert is None else round(bert["seconds"] / 60, 1),
               "encoder_weight_norm_ours": encoder_norm(ours["model"].state_dict()),
               "encoder_weight_norm_random": encoder_norm(ours["initial"]), "curves": {}}
     for task, (train, val, labels) in tasks.items():

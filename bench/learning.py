@@ -256,10 +256,12 @@ def train_hf(settings: dict, train, tokenizer, scorer: Scorer, minutes: float, l
                              dataloader_num_workers=0, use_cpu=True, seed=settings["seed"], disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Budget()],
                       data_collator=DataCollatorForWholeWordMask(tokenizer, mlm_probability=0.15))
+    start = time.perf_counter()
     trainer.train()
+    seconds = time.perf_counter() - start
     model.eval()
     accuracy = scorer.score(lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)
-    return {"batches": trainer.state.global_step, "accuracy": accuracy, "model": model}
+    return {"batches": trainer.state.global_step, "accuracy": accuracy, "model": model, "seconds": seconds}
 
 
 def prepare_corpora(cache: Path, seq_len: int):
