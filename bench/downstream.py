@@ -322,26 +322,43 @@ def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int, recipe
     return results
 
 
+def cache_path(settings: dict, steps: int, args: argparse.Namespace) -> Path:
+    key = hashlib.sha256(json.dumps([settings, steps, args.eval_samples], sort_keys=True).encode())
+    return args.cache / f"pretrained-{key.hexdigest()[:16]}.pt"
+
+
+def save_pretrained(path: Path, ours: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"weights": ours["model"].state_dict(), "initial": ours["initial"], "batches": ours["batches"],
+                "accuracy": ours["accuracy"], "seconds": ours["seconds"]}, path)
+
+
 def pretrained_ours(settings: dict, corpora, tokenizer, scorer: Scorer, curve_scorer: Scorer,
                     args: argparse.Namespace) -> dict:
     """Ours pretrained (``train_ours``). With ``--equal-steps`` a run is fixed by its settings up to float rounding
     (two runs of 3,000 batches: ``<mask>`` accuracy 0.2136 and 0.2137; CPU reductions are not bitwise repeatable),
     so its weights are kept in the cache and a later run of the same settings starts from them (fine-tuning
     ablations without paying the pretraining again; the key holds the settings, not the code: clear the cache after
-    changing the model or the corpora); a time budget is not repeatable and always trains."""
-    key = hashlib.sha256(json.dumps([settings, args.equal_steps, args.eval_samples], sort_keys=True).encode())
-    path = args.cache / f"pretrained-{key.hexdigest()[:16]}.pt"
-    if args.equal_steps is not None and path.exists():
+    changing the model or the corpora); a time budget is not repeatable and always trains. ``--snapshot-steps``
+    caches the weights at fewer batches on the way, as runs of exactly those batches (a budget curve from one
+    pretraining; fine-tune each with ``--equal-steps`` of its count)."""
+    path = cache_path(settings, args.equal_steps, args) if args.equal_steps is not None else None
+    if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         model = PerceiverMLM(build(PerceiverMLMConfig, settings["model"], "model."))
         model.load_state_dict(saved.pop("weights"))
         print(json.dumps({"pretrained": "ours", "from": str(path)}), flush=True)
         return {**saved, "model": model.eval()}
+
+    def snapshot(step: int, ours: dict) -> None:
+        save_pretrained(cache_path(settings, step, args), ours)
+        print(json.dumps({"snapshot": "ours", "batches": step, "mask_accuracy": mean(ours["accuracy"]),
+                          "minutes": round(ours["seconds"] / 60, 1)}), flush=True)
+
     ours = train_ours(settings, corpora, tokenizer, scorer, curve_scorer, args.minutes, eval_every_s=math.inf,
-                      max_steps=args.equal_steps)
-    if args.equal_steps is not None:
-        torch.save({"weights": ours["model"].state_dict(), "initial": ours["initial"], "batches": ours["batches"],
-                    "accuracy": ours["accuracy"], "seconds": ours["seconds"]}, path)
+                      max_steps=args.equal_steps, snapshot=snapshot, snapshot_steps=frozenset(args.snapshot_steps))
+    if path is not None:
+        save_pretrained(path, ours)
     return ours
 
 
@@ -349,6 +366,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="pretraining budget of ours and of BERT-mini")
     parser.add_argument("--equal-steps", type=int, default=None, help="pretrain both exactly this many batches")
+    parser.add_argument("--snapshot-steps", type=lambda v: [int(n) for n in v.split(",")], default=[],
+                        help="with --equal-steps: also cache ours' weights after these fewer batches (e.g. 1000,3000)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of ours' pretraining")
     parser.add_argument("--bert-lr", type=float, default=1e-3, help="BERT-mini's pretraining learning rate")
     parser.add_argument("--bert-minutes", type=float, default=None,
@@ -370,6 +389,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
     args = parser.parse_args()
     legs = args.legs.split(",")
+    if args.snapshot_steps and (args.equal_steps is None or max(args.snapshot_steps) >= args.equal_steps):
+        parser.error(f"--snapshot-steps={','.join(map(str, args.snapshot_steps))}: expected batch counts under "
+                     f"--equal-steps={args.equal_steps}")
     if "ours" not in legs or not set(legs) <= {"ours", "random", "bert"}:
         parser.error(f"--legs={args.legs}: expected ours and any of random, bert")
     if args.threads:

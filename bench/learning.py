@@ -28,6 +28,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +162,12 @@ def batches(train: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, se
 
 
 def train_ours(settings: dict, train, tokenizer, scorer: Scorer, curve_scorer: Scorer, minutes: float,
-               eval_every_s: float, max_steps: int | None = None) -> dict:
+               eval_every_s: float, max_steps: int | None = None, snapshot: Callable[[int, dict], None] | None = None,
+               snapshot_steps: frozenset[int] = frozenset()) -> dict:
     """Ours with its own loop for ``minutes`` of training (or exactly ``max_steps`` batches); returns the model and
-    its initial weights too."""
+    its initial weights too. After each batch count in ``snapshot_steps``, ``snapshot(step, result)`` gets what a
+    run of exactly that many batches would return (the schedule is constant after warmup and the data order does
+    not depend on the run's length), scoring time not counted."""
     config = build(PerceiverMLMConfig, settings["model"], "model.")
     torch.manual_seed(settings["seed"])
     model = PerceiverMLM(config)
@@ -196,6 +200,11 @@ def train_ours(settings: dict, train, tokenizer, scorer: Scorer, curve_scorer: S
         schedule.step()
         step += 1
         trained += time.perf_counter() - start
+        if snapshot is not None and step in snapshot_steps:
+            model.eval()
+            snapshot(step, {"batches": step, "accuracy": scorer.score(full_logits), "model": model, "initial": initial,
+                            "seconds": trained})
+            model.train()
     model.eval()
     return {"batches": step, "accuracy": scorer.score(full_logits), "curve": curve, "left_plateau": left_plateau,
             "final_loss": round(float(loss), 3), "model": model, "initial": initial, "seconds": trained}
