@@ -17,10 +17,9 @@ import torch
 
 from tests.conftest import REPO, run
 from tests.optim.test_lamb import free_port
-from tests.train.conftest import TINY, TRAIN
+from tests.train.conftest import TINY
 from tests.train.forked import train
 from tests.train.test_resume import ONE_THREAD, batches, overrides
-from tests.train.test_train import composer
 
 pytestmark = pytest.mark.slow
 
@@ -41,16 +40,14 @@ LOSS_RTOL = {"ddp": 1e-6, "fsdp2": 1e-4, "fsdp2_no_ac": 1e-4}  # per-batch losse
 DIVERGENCE = {"ddp": 1e-5, "fsdp2": 0.2, "fsdp2_no_ac": 0.2}
 
 
-def train_run(processes: int, shards: Path, run_dir: Path, launcher: bool = False, **extra) -> dict[int, dict]:
-    """``processes`` ranks forked (tests/train/forked.py), or started by Composer's launcher."""
+def train_run(processes: int, shards: Path, run_dir: Path, **extra) -> dict[int, dict]:
+    """``processes`` ranks forked (tests/train/forked.py; that they train as Composer's launcher's ranks do is
+    tests/train/test_resume.py's ``ddp_reference``)."""
     settings = {"max_duration": f"{STEPS}ba", "save_interval": f"{STEPS}ba", "autoresume": "false",
                 "data.num_workers": 0, "global_train_batch_size": 16, "device_train_microbatch_size": 8,
                 "data.epoch_size": "null", "optimizer.lr": LR, **extra}
     argv = [TINY, *overrides(shards, run_dir, **settings)]
-    if launcher:
-        result = run(composer(processes) + [TRAIN, *argv], env=ONE_THREAD)
-    else:
-        result = train(argv, processes, ONE_THREAD)
+    result = train(argv, processes, ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return batches(run_dir)
 
@@ -81,7 +78,6 @@ def single(tiny_shards, tmp_path_factory) -> Path:
     return run_dir
 
 
-# DDP through Composer's launcher (`composer -n 2`), as users start it; the others forked (tests/train/forked.py).
 SETTINGS = {"ddp": {}, "fsdp2": {"parallelism.fsdp.version": 2, "model.activation_checkpointing": "true"},
             "fsdp2_no_ac": {"parallelism.fsdp.version": 2}}
 
@@ -90,7 +86,7 @@ SETTINGS = {"ddp": {}, "fsdp2": {"parallelism.fsdp.version": 2, "model.activatio
 @pytest.mark.parametrize("parallelism", list(SETTINGS))
 def test_two_processes_train_what_one_process_trains(tiny_shards, single, tmp_path, parallelism):
     extra = SETTINGS[parallelism]
-    theirs = train_run(2, tiny_shards, tmp_path, launcher=parallelism == "ddp", **extra)
+    theirs = train_run(2, tiny_shards, tmp_path, **extra)
     ours = batches(single)
     assert sorted(ours) == sorted(theirs) == list(range(1, STEPS + 1))
     for batch in ours:

@@ -150,8 +150,10 @@ def test_a_resumed_run_takes_its_compiled_graphs_from_the_checkpoint(tiny_shards
     directory is empty, as on another machine, the run compiles nothing. Here the graphs are the fused Lamb's two
     passes (``optimizer.fused=true``, inductor)."""
     def argv(batches: int) -> list:
+        # weight decay 0, as in the compiled passes' availability check: two graphs to compile rather than four (a
+        # float argument is a constant of its graph), each some seconds of C++ compilation at every start
         return [TINY, *overrides(tiny_shards, tmp_path, **{"optimizer.fused": "true", "max_duration": f"{batches}ba",
-                                                           "save_interval": "2ba"})]
+                                                           "save_interval": "2ba", "optimizer.weight_decay": 0.0})]
 
     first = train(argv(2), env={**ONE_THREAD, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache-first")})
     assert first.returncode == 0, first.stderr[-3000:]
