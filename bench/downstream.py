@@ -33,6 +33,7 @@ run's accuracy per epoch.
     python bench/downstream.py [--minutes 10] [--equal-steps N [--bert-minutes M]] [--epochs-full rt=2,bbc=5]
         [--tasks rt,bbc] [--lr-full 1e-3] [--legs ours,random,bert] [--finetune-optimizer adamw]
         [--set optimizer.adam_params=[token_embedding] ...] [--set seed=N]   (seed: another run of the same recipe)
+        [--finetune-seed N]   (another fine-tuning of the same pretrained weights)
 """
 
 from __future__ import annotations
@@ -159,9 +160,10 @@ def classifier_config(settings: dict, classes: int) -> PerceiverClassifierConfig
     return build(PerceiverClassifierConfig, {**model, "num_classes": classes}, "model.")
 
 
-def our_classifier(settings: dict, classes: int, weights: dict[str, torch.Tensor]) -> PerceiverClassifier:
-    """A ``PerceiverClassifier`` with the input adapter and encoder of ``weights`` (an MLM's state dict)."""
-    torch.manual_seed(settings["seed"])
+def our_classifier(settings: dict, classes: int, weights: dict[str, torch.Tensor], seed: int) -> PerceiverClassifier:
+    """A ``PerceiverClassifier`` with the input adapter and encoder of ``weights`` (an MLM's state dict), its decoder
+    initialised from ``seed``."""
+    torch.manual_seed(seed)
     model = PerceiverClassifier(classifier_config(settings, classes))
     model.load_state_dict(encoder_state(weights), strict=False)
     return model
@@ -270,7 +272,7 @@ def run_ours(name: str, weights: dict, settings: dict, train: Split, val: Split,
              recipes: dict[str, Recipe]) -> dict[str, list[float]]:
     """Probe, full fine-tuning, and the two steps (full fine-tuning from the probe's trained decoder) of a
     ``PerceiverClassifier`` on ``weights``' encoder."""
-    probed = our_classifier(settings, classes, weights)
+    probed = our_classifier(settings, classes, weights, recipes["probe"].seed)
     freeze_encoder(probed)
     probed.eval()
     latents = Cached(lambda b: probed.encoder(probed.input_adapter.embed(b["input_ids"]), b["attention_mask"] == 0),
@@ -278,7 +280,7 @@ def run_ours(name: str, weights: dict, settings: dict, train: Split, val: Split,
     results = {"probe": fine_tune(lambda b: probed.decoder(latents(b)), list(probed.decoder.parameters()), train,
                                   val, recipes["probe"], [probed.decoder])}
     for mode in ("full", "two_step"):
-        model = our_classifier(settings, classes, weights)
+        model = our_classifier(settings, classes, weights, recipes["full"].seed)
         if mode == "two_step":
             model.decoder.load_state_dict(probed.decoder.state_dict())
         results[mode] = fine_tune(lambda b, m=model: m(b["input_ids"], b["attention_mask"]),
@@ -390,6 +392,9 @@ def main() -> None:
     parser.add_argument("--lr-probe", type=float, default=1e-3)
     parser.add_argument("--lr-full", type=float, default=1e-3)
     parser.add_argument("--lr-bert", type=float, default=1e-4, help="BERT-mini's own fine-tuning learning rate")
+    parser.add_argument("--finetune-seed", type=int, default=None,
+                        help="decoder initialisation, batch order and C's fold of fine-tuning (default: the "
+                             "pretraining's seed): another fine-tuning of the same cached weights")
     parser.add_argument("--finetune-optimizer", choices=["adamw", "lamb"], default="adamw",
                         help="of every leg, probe and full (lamb: our Lamb, steps relative to each layer's weights)")
     parser.add_argument("--eval-samples", type=int, default=1024, help="held-out pretraining samples per corpus")
@@ -427,8 +432,10 @@ def main() -> None:
 
     start = time.perf_counter()
     epochs_full = {task: int(n) for task, n in (item.split("=") for item in args.epochs_full.split(","))}
-    seed, optimizer = settings["seed"], args.finetune_optimizer
-    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "seed": seed, "recipes": {},
+    seed = settings["seed"] if args.finetune_seed is None else args.finetune_seed
+    optimizer = args.finetune_optimizer
+    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "seed": settings["seed"],
+              "finetune_seed": seed, "recipes": {},
               "mask_accuracy_ours": round(mean(ours["accuracy"]), 4),
               "mask_accuracy_bert": None if bert is None else round(mean(bert["accuracy"]), 4),
               "unigram_accuracy": round(mean(scorer.unigram), 4),

@@ -20,6 +20,7 @@ Prints a line per task and encoder, and a last-line JSON object: ``{task}_{ours,
 ``{task}_{ours,random}_copy_accuracy``, ``{task}_bag_of_pieces``, ``{task}_majority``, ``pretrain_batches``.
 
     python bench/encoder_stages.py --weights runs/bench-learning-cache/pretrained-KEY.pt [--tasks rt,bbc]
+        [--legs ours,random]
         [--set KEY=VALUE ...]   (the model settings the weights were pretrained with, if not bench/learning.py's)
 """
 
@@ -103,9 +104,13 @@ def main() -> None:
                         help="a pretrained-*.pt of bench/downstream.py --equal-steps (ours' weights and the initial)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="the pretraining's settings")
     parser.add_argument("--tasks", default="rt,bbc")
+    parser.add_argument("--legs", default="ours,random",
+                        help="ours, random or both (snapshots of one pretraining share the initialisation)")
     parser.add_argument("--seed", type=int, default=0, help="which fifth of the training split chooses C")
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
     args = parser.parse_args()
+    if not args.legs or not set(args.legs.split(",")) <= {"ours", "random"}:
+        parser.error(f"--legs={args.legs}: expected ours, random or ours,random")
     if not args.weights.is_file():
         parser.error(f"--weights {args.weights}: no such file (bench/downstream.py --equal-steps N writes one)")
     settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(args.set)))
@@ -118,7 +123,8 @@ def main() -> None:
         result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
         result[f"{task}_bag_of_pieces"] = round(
             bag_of_pieces(train, val, settings["model"]["vocab_size"], classes, args.seed)["accuracy"], 4)
-        for name, weights in (("ours", saved["weights"]), ("random", saved["initial"])):
+        for name in args.legs.split(","):
+            weights = saved["weights" if name == "ours" else "initial"]
             model = PerceiverMLM(build(PerceiverMLMConfig, settings["model"], "model."))
             model.load_state_dict(weights)
             model.eval()
