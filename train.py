@@ -17,7 +17,10 @@ from perceiver_stream.data import DataError
 from perceiver_stream.remote import RemoteError
 from perceiver_stream.train.callbacks import NonFiniteLossError
 from perceiver_stream.train.config import build_train_config
+from perceiver_stream.train.lifetime import end_with_parent_if_spawned
 from perceiver_stream.train.peers import lost_peer_message
+
+end_with_parent_if_spawned(__name__)  # a process the rank spawned dies with the rank (perceiver_stream.train.lifetime)
 
 
 def main(argv: list[str] | None = None) -> None:
