@@ -82,7 +82,7 @@ def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
         compiled["ours_eager"]["step_s"] / compiled["ours_compiled"]["step_s"], 3)
     for kind in ("ours", "hf"):  # the compiled step's first call traced the model: it took longer than eager's
         assert compiled[f"{kind}_compiled"]["first_step_s"] > compiled[f"{kind}_eager"]["first_step_s"], compiled
-    restart = compiled["restart"]  # a fresh process ran ours' compiled step; aot_eager leaves inductor no graphs
+    restart = compiled["restart"]  # a fresh process ran ours' compiled step; backend eager: no inductor graphs
     assert restart["first_step_s"] > 0 and restart["loaded_graphs"] == restart["cache_misses"] == 0, restart
     lamb = printed["lamb"]
     # the speedup is of the unrounded times; each reported time is rounded to 0.01 ms, the speedup to 0.01
