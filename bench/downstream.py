@@ -143,14 +143,19 @@ def logistic_regression(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch
             "holdout": choices}
 
 
+def sparse_bag(pieces: list[np.ndarray], vocab_size: int) -> torch.Tensor:
+    """Rows (len(pieces), vocab_size) with a 1 at each of a row's (distinct) pieces."""
+    entries = [(row, piece) for row, held in enumerate(pieces) for piece in held]
+    index = torch.tensor(entries, dtype=torch.long).T if entries else torch.zeros(2, 0, dtype=torch.long)
+    return torch.sparse_coo_tensor(index, torch.ones(index.shape[1]), (len(pieces), vocab_size)).coalesce()
+
+
 def bag_of_pieces(train: Split, val: Split, vocab_size: int, classes: int, seed: int) -> dict:
     """The floor without a network: logistic regression on which pieces a document holds."""
 
     def features(split: Split) -> torch.Tensor:
-        entries = [(row, piece) for row in range(len(split.labels))
-                   for piece in np.unique(split.ids[row][is_word_token(split.types[row])])]
-        index = torch.tensor(entries, dtype=torch.long).T if entries else torch.zeros(2, 0, dtype=torch.long)
-        return torch.sparse_coo_tensor(index, torch.ones(index.shape[1]), (len(split.labels), vocab_size)).coalesce()
+        return sparse_bag([np.unique(ids[is_word_token(types)]) for ids, types in zip(split.ids, split.types,
+                                                                                        strict=True)], vocab_size)
 
     return logistic_regression(features(train), train.labels, features(val), val.labels, classes, seed)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from downstream import Split, bag_of_pieces, labelled_task, logistic_regression
+from downstream import Split, bag_of_pieces, labelled_task, logistic_regression, sparse_bag
 from learning import DEFAULTS, REPO, SHARED
 from omegaconf import OmegaConf
 
@@ -47,7 +47,6 @@ BATCH = 128
 def stages(model: PerceiverMLM, split: Split) -> tuple[dict[str, torch.Tensor], float]:
     """Every stage's pooled features of each document of ``split`` (the pieces predicted as a sparse bag), and the
     fraction of the documents' word positions whose predicted piece is the input piece."""
-    vocab_size = model.config.vocab_size
     pooled: dict[str, list[torch.Tensor]] = {}
     predicted_rows, copied, words = [], 0, 0
 
@@ -58,35 +57,35 @@ def stages(model: PerceiverMLM, split: Split) -> tuple[dict[str, torch.Tensor], 
         maximum = values.masked_fill(~mask.unsqueeze(-1), -torch.inf).amax(1)
         pooled.setdefault(name, []).append(torch.cat([mean, maximum], dim=-1))
 
-    for start in range(0, len(split.labels), BATCH):
-        rows = np.arange(start, min(start + BATCH, len(split.labels)))
-        batch = split.batch(rows)
-        ids, real = batch["input_ids"], batch["attention_mask"].bool()
-        word = torch.from_numpy(is_word_token(split.types[rows][:, :ids.shape[1]]))
-        add("token_embeddings", model.input_adapter.token_embedding(ids), real)
-        encoder = model.encoder
-        latents = encoder.cross_attention(encoder.latents.expand(len(rows), -1, -1), model.input_adapter.embed(ids),
-                                          ~real)
-        every_latent = torch.ones(latents.shape[:2], dtype=torch.bool)
-        add("cross_attention", latents, every_latent)
-        layer = 0
-        for _ in range(encoder.num_blocks):
-            for self_attention in encoder.self_attention:
-                latents = self_attention(latents)
-                layer += 1
-                add(f"latent_layer_{layer}", latents, every_latent)
-        positions = torch.arange(ids.shape[1]).expand(len(rows), -1)
-        decoded = model.decoder(latents, positions)
-        add("decoded", decoded, real)
-        prediction = model.logits(decoded).argmax(-1)
-        copied += int((prediction == ids)[word].sum())
-        words += int(word.sum())
-        predicted_rows.extend(np.unique(p[r].numpy()) for p, r in zip(prediction, real, strict=True))
+    # the latents after the encoder's cross-attention and after each self-attention call, as ``encode`` runs them
+    latent_stages: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _module, _inputs, output: latent_stages.append(output))
+             for layer in (model.encoder.cross_attention, *model.encoder.self_attention)]
+    try:
+        for start in range(0, len(split.labels), BATCH):
+            rows = np.arange(start, min(start + BATCH, len(split.labels)))
+            batch = split.batch(rows)
+            ids, real = batch["input_ids"], batch["attention_mask"].bool()
+            word = torch.from_numpy(is_word_token(split.types[rows][:, :ids.shape[1]]))
+            add("token_embeddings", model.input_adapter.token_embedding(ids), real)
+            latent_stages.clear()
+            latents, _ = model.encode(ids, batch["attention_mask"])
+            every_latent = torch.ones(latents.shape[:2], dtype=torch.bool)
+            add("cross_attention", latent_stages[0], every_latent)
+            for layer, output in enumerate(latent_stages[1:], start=1):
+                add(f"latent_layer_{layer}", output, every_latent)
+            positions = torch.arange(ids.shape[1]).expand(len(rows), -1)
+            decoded = model.decoder(latents, positions)
+            add("decoded", decoded, real)
+            prediction = model.logits(decoded).argmax(-1)
+            copied += int((prediction == ids)[word].sum())
+            words += int(word.sum())
+            predicted_rows.extend(np.unique(p[r].numpy()) for p, r in zip(prediction, real, strict=True))
+    finally:
+        for hook in hooks:
+            hook.remove()
     features = {name: torch.cat(parts) for name, parts in pooled.items()}
-    entries = [(row, piece) for row, pieces in enumerate(predicted_rows) for piece in pieces]
-    index = torch.tensor(entries, dtype=torch.long).T
-    features["reconstructed_pieces"] = torch.sparse_coo_tensor(
-        index, torch.ones(index.shape[1]), (len(predicted_rows), vocab_size)).coalesce()
+    features["reconstructed_pieces"] = sparse_bag(predicted_rows, model.config.vocab_size)
     return features, copied / words
 
 
