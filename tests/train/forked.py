@@ -13,6 +13,7 @@ that its ranks and forked ranks train the same).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing as mp
 import os
 import signal
@@ -40,9 +41,11 @@ def _server() -> mp.context.ForkServerContext:
     return _context
 
 
-def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader: int | None, cwd: str) -> None:
+def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader: int | None, cwd: str,
+          entry: str) -> None:
     """One rank: joins the run's process group, takes ``env``, ``outputs`` (stdout, stderr) and the working
-    directory ``cwd``, runs train.py's main and exits with its status."""
+    directory ``cwd``, runs ``entry`` (``module:function``, train.py's main by default) on ``argv`` and exits with
+    its status."""
     for _ in range(500):  # rank 0 makes the group; a later rank may get here first (or after it ended)
         try:
             os.setpgid(0, leader or 0)
@@ -65,8 +68,8 @@ def _rank(argv: list[str], env: dict[str, str], outputs: tuple[str, str], leader
     import torch
 
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    from train import main
-
+    module, function = entry.split(":")
+    main = getattr(importlib.import_module(module), function)
     code = 0
     try:
         main(argv)
@@ -84,7 +87,7 @@ class Run:
     """The ranks of one run, started; ``pid`` is its process group."""
 
     def __init__(self, argv: list[str], processes: int = 1, env: dict[str, str] | None = None,
-                 cwd: Path = REPO):
+                 cwd: Path = REPO, *, entry: str = "train:main"):
         from tests.optim.test_lamb import free_port
 
         context = _server()
@@ -99,7 +102,7 @@ class Run:
             output = tuple(self._file(f"train-rank{rank}-", suffix) for suffix in (".out", ".err"))
             rank_env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)} if processes > 1 else base
             leader = self.ranks[0].pid if self.ranks else None
-            process = context.Process(target=_rank, args=(argv, rank_env, output, leader, str(cwd)))
+            process = context.Process(target=_rank, args=(argv, rank_env, output, leader, str(cwd), entry))
             process.start()
             self.outputs.append(output)
             self.ranks.append(process)
@@ -150,7 +153,8 @@ class Run:
         return subprocess.CompletedProcess(self.argv, code, stdout=texts[0], stderr=texts[1])
 
 
-def train(argv: list, processes: int = 1, env: dict[str, str] | None = None,
-          cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Run train.py ``argv`` (config and overrides) on ``processes`` ranks to its end, in ``cwd``."""
-    return Run([str(a) for a in argv], processes, env, cwd).result()
+def train(argv: list, processes: int = 1, env: dict[str, str] | None = None, cwd: Path = REPO, *,
+          entry: str = "train:main") -> subprocess.CompletedProcess:
+    """Run train.py ``argv`` (config and overrides) on ``processes`` ranks to its end, in ``cwd`` (``entry``:
+    another ``module:function`` that takes the argv, as a rank would run it)."""
+    return Run([str(a) for a in argv], processes, env, cwd, entry=entry).result()

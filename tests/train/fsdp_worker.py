@@ -1,5 +1,6 @@
-"""Run under ``composer -n 2``: build the Trainer as train.py does (FSDP2 + activation checkpointing + compiled
-layers), train the configured batches, and let rank 0 report what Composer actually did to the model to argv[1].
+"""A rank of a two-rank run (``tests.train.forked``, entry ``tests.train.fsdp_worker:main``): build the Trainer as
+train.py does (FSDP2 + activation checkpointing + compiled layers), train the configured batches, and let rank 0
+report what Composer actually did to the model to argv[0].
 
 The test sets ``model.compile_backend=aot_eager`` (traced, partitioned, no code generated): inductor's C++ code
 generation takes minutes on the development CPU, and what FSDP2 and checkpointing can break is the tracing."""
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 from composer.utils import dist
 from torch._dynamo.utils import counters
@@ -22,8 +22,8 @@ from perceiver_stream.train.config import TrainConfig
 from perceiver_stream.train.trainer import build_trainer
 
 
-def main() -> None:
-    out, config, *overrides = sys.argv[1:]
+def main(argv: list[str]) -> None:
+    out, config, *overrides = argv
     trainer = build_trainer(build(TrainConfig, load(config, overrides)))
     model = trainer.state.model
     wrapped = [m._checkpoint_wrapped_module for m in model.modules() if isinstance(m, CheckpointWrapper)]
@@ -47,5 +47,3 @@ def main() -> None:
     assert isinstance(trainer.state.optimizers[0], Lamb)
 
 
-if __name__ == "__main__":
-    main()

@@ -24,8 +24,7 @@ def test_fsdp2_shards_parameters_and_checkpoints_and_compiles_every_attention_la
                                                           "model.compile_backend": "aot_eager",
                                                           "eval_interval": "100ba", "data.num_workers": 0})
     out = tmp_path / "report.json"
-    worker = str(Path(__file__).with_name("fsdp_worker.py"))
-    result = run(composer(2) + [worker, str(out), TINY, *overrides], env={"OMP_NUM_THREADS": "1"})
+    result = train([out, TINY, *overrides], 2, env={"OMP_NUM_THREADS": "1"}, entry="tests.train.fsdp_worker:main")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["layers"] == 4  # encoder cross-attention, 2 latent layers, decoder cross-attention
