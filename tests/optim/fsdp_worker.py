@@ -1,6 +1,6 @@
-"""Run under ``torch.distributed.run --nproc_per_node 2``: optimizers on an FSDP2-sharded toy MLP (fully_shard
-per Linear, lr 0.01, 3 steps) vs a single-process run with the same global batch. Rank 0 writes the max
-|difference| of the full parameters for each to argv[1].
+"""A rank of a two-rank run (``tests.train.forked``, entry ``tests.optim.fsdp_worker:main``): optimizers on an
+FSDP2-sharded toy MLP (fully_shard per Linear, lr 0.01, 3 steps) vs a single-process run with the same global
+batch. Rank 0 writes the max |difference| of the full parameters for each to argv[0].
 
 float64, so the reduction-order noise of data parallelism (~1e-15) cannot hide a structural error.
 ``torch_optimizer_local_shards`` is ``torch_optimizer.Lamb`` given the rank-local shards as plain tensors,
@@ -16,7 +16,6 @@ compiled two-pass update (for shards of ``fused_kernels.MIN_ELEMENTS`` or more),
 from __future__ import annotations
 
 import json
-import sys
 
 import torch
 import torch.distributed as dist
@@ -106,7 +105,7 @@ def train_flat_shards(inputs: torch.Tensor, targets: torch.Tensor, rank: int, wo
     return model
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     generator = torch.Generator().manual_seed(1)
@@ -133,10 +132,7 @@ def main() -> None:
         pairs = zip(flat.parameters(), reference.parameters(), strict=True)
         diffs["ours_flat_shards" + suffix] = max((p - q).abs().max().item() for p, q in pairs)
     if rank == 0:
-        with open(sys.argv[1], "w") as f:
+        with open(argv[0], "w") as f:
             json.dump(diffs, f)
     dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    main()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +12,6 @@ import torch_optimizer
 from perceiver_stream.model import PerceiverMLM
 from perceiver_stream.optim import Lamb, OptimizerConfig, build_optimizer, param_groups
 from perceiver_stream.optim import fused as fused_kernels
-from tests.conftest import REPO
 from tests.model.test_model import small_config
 
 
@@ -76,12 +72,11 @@ def free_port() -> int:
 
 
 def test_exact_under_fsdp2_and_fsdp1_sharding_where_torch_optimizer_lamb_on_shards_is_not(tmp_path):
+    from tests.train.forked import train
+
     out = tmp_path / "diffs.json"
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), str(Path(__file__).with_name("fsdp_worker.py")), str(out)],
-        cwd=REPO, check=True, capture_output=True, timeout=300,
-    )
+    result = train([out], 2, entry="tests.optim.fsdp_worker:main")
+    assert result.returncode == 0, result.stderr[-3000:]
     diffs = json.loads(out.read_text())
     # as close to the single-process run as AdamW under the same sharding (float64 reduction-order noise) ...
     assert diffs["ours"] <= 2 * diffs["adamw"] + 1e-15

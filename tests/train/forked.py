@@ -6,8 +6,9 @@ batch, longer than most test runs train; the suite starts some fifty of them. mu
 imports ``train`` once per pytest process (before any thread exists, unlike the pytest process itself) and forks
 each rank from there: a fresh process in every other respect, with its own environment, process group (so a
 test can kill -9 a whole run) and output files. Ranks get the variables Composer's launcher sets; the launcher
-itself keeps its own tests (`composer(2)` in test_train.py and test_resume.py, whose ``ddp_reference`` shows
-that its ranks and forked ranks train the same).
+itself keeps its own tests (test_resume.py's ``ddp_reference``, which shows that its ranks and forked ranks train
+the same, and test_remote.py's two nodes). A rank runs train.py's ``main`` or another ``module:function`` (the
+two-rank workers of tests/optim and tests/train).
 """
 
 from __future__ import annotations

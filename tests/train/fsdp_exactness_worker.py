@@ -1,7 +1,7 @@
-"""Run under ``torch.distributed.run --nproc_per_node 2``: mlm_tiny's model in float64, FSDP2-sharded as Composer
-shards it (each attention layer, then the root), trained 6 steps with our Lamb on half of a batch per rank, vs one
-process on the whole batch. Rank 0 writes to argv[1] the largest relative differences of the gradients and of the
-per-step losses.
+"""A rank of a two-rank run (``tests.train.forked``, entry ``tests.train.fsdp_exactness_worker:main``): mlm_tiny's
+model in float64, FSDP2-sharded as Composer shards it (each attention layer, then the root), trained 6 steps with
+our Lamb on half of a batch per rank, vs one process on the whole batch. Rank 0 writes to argv[0] the largest
+relative differences of the gradients and of the per-step losses.
 
 float64, so a structural error (an unsynchronised or doubly-counted gradient, a wrong trust ratio) cannot hide in
 the float32 reduction-order noise that Lamb's per-element normalisation amplifies (tests/train/test_equivalence.py).
@@ -10,7 +10,6 @@ the float32 reduction-order noise that Lamb's per-element normalisation amplifie
 from __future__ import annotations
 
 import json
-import sys
 
 import torch
 import torch.distributed as dist
@@ -54,7 +53,7 @@ def train(model: PerceiverMLM, rows: slice, scale: float, ids: torch.Tensor, lab
     return losses, grads
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     generator = torch.Generator().manual_seed(1)
@@ -75,11 +74,8 @@ def main() -> None:
         "loss_drop": reference_losses[0] - reference_losses[-1],
     }
     if rank == 0:
-        with open(sys.argv[1], "w") as f:
+        with open(argv[0], "w") as f:
             json.dump(report, f)
     dist.barrier()  # once, rank 0 tore gloo down while rank 1 was still in a collective: SIGABRT at exit
     dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    main()

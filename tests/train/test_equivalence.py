@@ -9,14 +9,11 @@ the same gradient; what differs is only the order of float32 sums.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, run
-from tests.optim.test_lamb import free_port
 from tests.train.conftest import TINY
 from tests.train.forked import train
 from tests.train.test_resume import ONE_THREAD, batches, overrides
@@ -111,9 +108,7 @@ def test_two_processes_train_what_one_process_trains(tiny_shards, single, tmp_pa
 
 def test_fsdp2_gradients_and_lamb_steps_are_exact_in_float64(tmp_path):
     out = tmp_path / "report.json"
-    worker = str(Path(__file__).with_name("fsdp_exactness_worker.py"))
-    result = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port()), worker, str(out)], env={**ONE_THREAD, "PYTHONPATH": str(REPO)})
+    result = train([out], 2, ONE_THREAD, entry="tests.train.fsdp_exactness_worker:main")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["grad"] < 1e-12 and report["loss"] < 1e-12, report

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run, shared_path
-from tests.train.conftest import TINY, TRAIN, tiny_overrides
+from tests.conftest import REPO, shared_path
+from tests.train.conftest import TINY, tiny_overrides
 from tests.train.forked import train
 
 
@@ -149,12 +149,11 @@ def wandb_records(run_dir: Path) -> tuple[set[str], dict[str, str]]:
 
 
 def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_path):
-    overrides = tiny_overrides(tiny_shards, tmp_path, max_duration="20ba", eval_interval="20ba",
+    overrides = tiny_overrides(tiny_shards, tmp_path, max_duration="10ba", eval_interval="10ba",
                                eval_subset_num_batches=1, **{"loggers.wandb.project": "test",
                                                               "loggers.tensorboard": "null",
                                                               "callbacks.speed_monitor_window": 5})
-    result = run([sys.executable, TRAIN, TINY, *overrides],
-                 env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}, timeout=300)
+    result = train([TINY, *overrides], env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     history, config = wandb_records(run_dir)
@@ -162,7 +161,7 @@ def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_pa
                 "metrics/eval/LanguageCrossEntropy", "throughput/samples_per_sec", "lr-Lamb/group0",
                 "fill_mask/_type", "l2_norm/grad/global", "time/first_batch_s"):
         assert key in history, key
-    (table,) = (run_dir / "files" / "media" / "table").glob("fill_mask_20_*.table.json")
+    (table,) = (run_dir / "files" / "media" / "table").glob("fill_mask_10_*.table.json")
     rows = json.loads(table.read_text())["data"]
     assert rows[0][0] == "The capital of France is <mask>." and len(rows[0][1].split(" / ")) == 5
     assert json.loads(config["data_manifests"])["wikipedia/train"]["tokenizer"]["vocab_size"] == 32000
