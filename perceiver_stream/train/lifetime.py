@@ -2,10 +2,11 @@
 
 With a bucket ``save_folder`` Composer's remote uploader starts a ``multiprocessing`` manager by the spawn method: a
 server process that runs until it is told to stop. A rank killed by SIGKILL (the OOM killer, a scheduler taking the
-node back) never tells it, and the server outlives the run with the rank's imports in memory (~700 MB) and the rank's
-resource tracker held open (which would otherwise remove the rank's shared memory). The kernel ends a child with its
-parent on request (``PR_SET_PDEATHSIG``), but only the child can ask; a spawned child runs its parent's main script
-(as ``__mp_main__``) before anything else, so train.py asks there.
+node back) never tells it, and the server outlives the run with the rank's resource tracker held open (which would
+otherwise remove the rank's shared memory), and with whatever the main script imported (~700 MB while train.py
+imported the trainer at its top level; it now does so in ``main()``). The kernel ends a child with its parent on
+request (``PR_SET_PDEATHSIG``), but only the child can ask; a spawned child runs its parent's main script (as
+``__mp_main__``) before anything else, so train.py asks there, first.
 """
 
 from __future__ import annotations

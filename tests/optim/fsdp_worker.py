@@ -135,4 +135,3 @@ def main(argv: list[str]) -> None:
         with open(argv[0], "w") as f:
             json.dump(diffs, f)
     dist.destroy_process_group()
-

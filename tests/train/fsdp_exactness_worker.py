@@ -78,4 +78,3 @@ def main(argv: list[str]) -> None:
             json.dump(report, f)
     dist.barrier()  # once, rank 0 tore gloo down while rank 1 was still in a collective: SIGABRT at exit
     dist.destroy_process_group()
-

@@ -45,5 +45,3 @@ def main(argv: list[str]) -> None:
         with open(out, "w") as f:
             json.dump(report, f)
     assert isinstance(trainer.state.optimizers[0], Lamb)
-
-

@@ -52,3 +52,19 @@ def test_a_spawned_manager_ends_with_its_killed_parent_when_it_asks(tmp_path, as
     finally:
         if alive(manager):
             psutil.Process(manager).kill()
+
+
+def test_train_py_top_level_imports_no_trainer():
+    """What a process the rank spawns runs first (train.py as ``__mp_main__``): the death-signal request and no
+    trainer, so Composer's upload manager starts in a fraction of a second instead of importing torch and Composer."""
+    probe = textwrap.dedent(f"""
+        import runpy, sys
+        sys.path.insert(0, {str(REPO)!r})
+        runpy.run_path({str(REPO / "train.py")!r}, run_name="__mp_main__")
+        watched = ("torch", "composer", "streaming", "transformers", "perceiver_stream.train.trainer",
+                 "perceiver_stream.train.lifetime")
+        print(" ".join(sorted(m for m in watched if m in sys.modules)))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["perceiver_stream.train.lifetime"]
