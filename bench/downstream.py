@@ -65,6 +65,7 @@ from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.classifier import PerceiverClassifier, encoder_state, freeze_encoder
 from perceiver_stream.model.config import PerceiverClassifierConfig
 from perceiver_stream.optim import Lamb
+from perceiver_stream.probe import logistic_regression
 
 TASKS = {"rt": "rotten-tomatoes", "bbc": "bbc-news"}
 
@@ -105,42 +106,6 @@ def labelled_task(task: str, cache: Path, tokenizer: str, seq_len: int) -> tuple
                             np.array([r[LABEL_COLUMN] for r in records])))
     labels = json.loads((out / "train" / "manifest.json").read_text())["labels"]
     return splits[0], splits[1], labels
-
-
-def logistic_regression(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray,
-                        classes: int, seed: int) -> dict:
-    """Multinomial logistic regression (L-BFGS on the convex objective ``C * sum(cross-entropy) + |W|^2 / 2``) of
-    features ``train_x`` (dense or sparse rows), ``C`` chosen on a fifth of the training rows, then refitted on all;
-    val accuracy."""
-
-    def fit(x: torch.Tensor, y: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
-        weight = torch.zeros(x.shape[1], classes, requires_grad=True)
-        bias = torch.zeros(classes, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
-
-        def objective():
-            optimizer.zero_grad()
-            loss = c * F.cross_entropy(x @ weight + bias, y, reduction="sum") + 0.5 * weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(objective)
-        return weight.detach(), bias.detach()
-
-    def accuracy(x, y, weight, bias) -> float:
-        return float(((x @ weight + bias).argmax(-1) == y).float().mean())
-
-    def rows(x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-        return torch.index_select(x, 0, torch.from_numpy(index)).coalesce() if x.is_sparse else x[index]
-
-    order = np.random.default_rng(seed).permutation(len(train_y))
-    fit_rows, check_rows = order[: len(order) * 4 // 5], order[len(order) * 4 // 5:]
-    y = torch.from_numpy(train_y).long()
-    choices = {c: accuracy(rows(train_x, check_rows), y[check_rows], *fit(rows(train_x, fit_rows), y[fit_rows], c))
-               for c in (0.03, 0.1, 0.3, 1.0, 3.0)}
-    best = max(choices, key=choices.get)
-    return {"accuracy": accuracy(val_x, torch.from_numpy(val_y).long(), *fit(train_x, y, best)), "C": best,
-            "holdout": choices}
 
 
 def sparse_bag(pieces: list[np.ndarray], vocab_size: int) -> torch.Tensor:

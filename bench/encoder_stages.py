@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from downstream import Split, bag_of_pieces, labelled_task, logistic_regression, sparse_bag
+from downstream import Split, bag_of_pieces, labelled_task, sparse_bag
 from learning import DEFAULTS, REPO, SHARED
 from omegaconf import OmegaConf
 
 from perceiver_stream.config import build
 from perceiver_stream.data.format import is_word_token
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
+from perceiver_stream.probe import logistic_regression, mean_and_max, standardised
 
 BATCH = 128
 
@@ -50,12 +51,8 @@ def stages(model: PerceiverMLM, split: Split) -> tuple[dict[str, torch.Tensor], 
     pooled: dict[str, list[torch.Tensor]] = {}
     predicted_rows, copied, words = [], 0, 0
 
-    def add(name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
-        """Mean and max of ``values`` (B, N, C) over the positions where ``mask`` (B, N) is true."""
-        weights = mask.unsqueeze(-1).to(values.dtype)
-        mean = (values * weights).sum(1) / weights.sum(1)
-        maximum = values.masked_fill(~mask.unsqueeze(-1), -torch.inf).amax(1)
-        pooled.setdefault(name, []).append(torch.cat([mean, maximum], dim=-1))
+    def add(name: str, values: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        pooled.setdefault(name, []).append(mean_and_max(values, mask))
 
     # the latents after the encoder's cross-attention and after each self-attention call, as ``encode`` runs them
     latent_stages: list[torch.Tensor] = []
@@ -70,10 +67,9 @@ def stages(model: PerceiverMLM, split: Split) -> tuple[dict[str, torch.Tensor], 
             add("token_embeddings", model.input_adapter.token_embedding(ids), real)
             latent_stages.clear()
             latents, _ = model.encode(ids, batch["attention_mask"])
-            every_latent = torch.ones(latents.shape[:2], dtype=torch.bool)
-            add("cross_attention", latent_stages[0], every_latent)
+            add("cross_attention", latent_stages[0])
             for layer, output in enumerate(latent_stages[1:], start=1):
-                add(f"latent_layer_{layer}", output, every_latent)
+                add(f"latent_layer_{layer}", output)
             positions = torch.arange(ids.shape[1]).expand(len(rows), -1)
             decoded = model.decoder(latents, positions)
             add("decoded", decoded, real)
@@ -87,14 +83,6 @@ def stages(model: PerceiverMLM, split: Split) -> tuple[dict[str, torch.Tensor], 
     features = {name: torch.cat(parts) for name, parts in pooled.items()}
     features["reconstructed_pieces"] = sparse_bag(predicted_rows, model.config.vocab_size)
     return features, copied / words
-
-
-def standardised(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense features scaled by the training split's mean and spread (so one ``C`` grid suits every stage)."""
-    if train.is_sparse:
-        return train, val
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
-    return (train - mean) / std, (val - mean) / std
 
 
 def main() -> None:

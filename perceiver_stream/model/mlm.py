@@ -183,14 +183,18 @@ class PerceiverMLM(nn.Module):
         return F.linear(hidden, weight, self.output_bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+        *, latents_only: bool = False,
     ) -> torch.Tensor | MLMOutput:
         """Full-sequence logits (B, L, V) for inference and fill-mask; with ``labels``, an ``MLMOutput`` with
-        logits only where ``labels`` != IGNORE_INDEX (training).
+        logits only where ``labels`` != IGNORE_INDEX (training); with ``latents_only``, the encoder's latents
+        (B, N, D) and no decoding (a linear probe's features, ``perceiver_stream.probe``).
 
-        Both go through ``forward`` (``__call__``) so FSDP's hooks gather the parameters.
+        All go through ``forward`` (``__call__``) so FSDP's hooks gather the parameters.
         """
         latents, head_weight = self.encode(input_ids, attention_mask)
+        if latents_only:
+            return latents
         if labels is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
             return self.logits(self.decoder(latents, positions), head_weight)

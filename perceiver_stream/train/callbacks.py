@@ -1,5 +1,6 @@
-"""Our Composer callbacks: fill-mask predictions at every eval, a per-batch log of sample identity, the resume
-guard, a stop at the first non-finite loss, the first batch's time, and torch.compile's cache in checkpoints."""
+"""Our Composer callbacks: fill-mask predictions and linear probes at every eval, a per-batch log of sample identity,
+the resume guard, a stop at the first non-finite loss, the first batch's time, and torch.compile's cache in
+checkpoints."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerFast
 
 from perceiver_stream.config import ConfigError
+from perceiver_stream.probe import ProbeTask, probe_accuracy
 from perceiver_stream.remote import upload
 from perceiver_stream.train.resume import write_digests
 
@@ -39,8 +41,7 @@ class FillMaskTable(Callback):
         encoded = self.tokenizer(self.sentences, add_special_tokens=False, padding=True, return_tensors="pt")
         input_ids = state.device.tensor_to_device(encoded["input_ids"])
         attention_mask = state.device.tensor_to_device(encoded["attention_mask"])
-        composer_model = state.model.module if isinstance(state.model, DistributedDataParallel) else state.model
-        module = composer_model.model
+        module = unwrapped(state)
         was_training = module.training
         module.eval()
         with get_precision_context(state.precision):
@@ -62,6 +63,56 @@ class FillMaskTable(Callback):
                          step=int(state.timestamp.batch))
         for sentence, predicted in rows:
             log.info("fill-mask %s -> %s", sentence, predicted)
+
+
+def unwrapped(state: State) -> torch.nn.Module:
+    """The model's own module (``PerceiverMLM``) under Composer's model and DDP's wrapper; under FSDP2 its calls still
+    gather the sharded parameters."""
+    composer_model = state.model.module if isinstance(state.model, DistributedDataParallel) else state.model
+    return composer_model.model
+
+
+class LinearProbes(Callback):
+    """After every evaluation, a linear probe of the encoder per labelled task (``perceiver_stream.probe``): the val
+    accuracy of a logistic regression on the latents' mean and max, logged as ``metrics/probe/<task>/accuracy``
+    beside the task's majority-class accuracy, so the run's curves show whether its encoder gets better for a task.
+
+    Every rank encodes the same documents (under FSDP each forward is collective) and fits the same regression; the
+    regression draws nothing from the global random state and the model returns to training mode, so a run with
+    probes trains what it would without them."""
+
+    def __init__(self, tasks: list[ProbeTask], *, batch_size: int, seed: int):
+        self.tasks = tasks
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def eval_after_all(self, state: State, logger: Logger) -> None:
+        module = unwrapped(state)
+        was_training = module.training
+        module.eval()
+
+        def latents(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            with get_precision_context(state.precision):
+                return module(state.device.tensor_to_device(input_ids),
+                              state.device.tensor_to_device(attention_mask), latents_only=True)
+
+        metrics = {}
+        try:
+            for task in self.tasks:
+                start = time.perf_counter()
+                accuracy = probe_accuracy(latents, task.train, task.val, len(task.labels),
+                                          batch_size=self.batch_size, seed=self.seed)
+                metrics[f"metrics/probe/{task.name}/accuracy"] = accuracy
+                metrics[f"metrics/probe/{task.name}/majority"] = task.majority
+                log.info("probe %s: val accuracy %.4f (majority class %.4f; %d training documents, %.1f s)",
+                         task.name, accuracy, task.majority, len(task.train.labels), time.perf_counter() - start)
+        finally:
+            module.train(was_training)
+        logger.log_metrics(metrics)
+
+    def eval_standalone_end(self, state: State, logger: Logger) -> None:
+        """``eval_first``'s evaluation (train.py runs it as ``Trainer.eval``): the initialisation's figures."""
+        self.eval_after_all(state, logger)
 
 
 def sample_digest(input_ids: torch.Tensor, labels: torch.Tensor) -> str:

@@ -105,6 +105,11 @@ class CallbackSettings:
         fill_mask_sentences: sentences with ``<mask>`` whose predictions are logged at every eval.
         sample_log: a JSONL file recording the global sample indices of every batch (a debugging aid for
             resumption; null: off).
+        probes: linear probes at every evaluation of a pretraining run: task name -> a local directory of labelled
+            shards (``perceiver-convert rotten-tomatoes --out DIR``: its ``train`` and ``val``), converted with the
+            run's tokenizer and ``max_seq_len``; logged as ``metrics/probe/<name>/accuracy``
+            (``perceiver_stream.probe``).
+        probe_train_samples: the training documents each probe fits on, at most (a fixed draw of the seed).
     """
 
     speed_monitor_window: int = 100
@@ -115,6 +120,13 @@ class CallbackSettings:
         "The book was written by a famous <mask>.",
     ])
     sample_log: str | None = None
+    probes: dict[str, str] = field(default_factory=dict)
+    probe_train_samples: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.probe_train_samples < 10:
+            raise ValueError(f"callbacks.probe_train_samples={self.probe_train_samples}: expected at least 10 (the "
+                             "regression's strength is chosen on a fifth of them)")
 
 
 @dataclass
@@ -170,6 +182,9 @@ class TrainConfig:
             raise ValueError(f"dist_timeout={self.dist_timeout}: must be a positive number of seconds")
         if self.autoresume and (self.save_folder is None or not self.run_name):
             raise ValueError("autoresume=true needs save_folder and run_name (the run is found by its name)")
+        if self.callbacks.probes and self.task != "mlm":
+            raise ValueError("callbacks.probes: linear probes measure a pretraining run's encoder (task: mlm); a "
+                             "classification run reports its own val accuracy")
         if self.model.max_seq_len < self.data.max_seq_len:
             raise ValueError(f"model.max_seq_len={self.model.max_seq_len} is smaller than "
                              f"data.max_seq_len={self.data.max_seq_len}")

@@ -27,12 +27,14 @@ from perceiver_stream.data.masking import count_tokens
 from perceiver_stream.model.composer_classifier import ComposerPerceiverClassifier
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
+from perceiver_stream.probe import read_probe_task
 from perceiver_stream.remote import RemoteError, is_remote, list_objects
 from perceiver_stream.train.callbacks import (
     CheckpointDigests,
     CompileCache,
     FillMaskTable,
     FirstBatchTime,
+    LinearProbes,
     ResumeGuard,
     RunDescription,
     SampleLog,
@@ -193,6 +195,11 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
                  StopOnNonFiniteLoss(), FirstBatchTime(), CompileCache()]
     if not isinstance(cfg, ClassifierTrainConfig):
         callbacks.append(FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences))
+    if cfg.callbacks.probes:
+        tasks = [read_probe_task(name, path, tokenizer_fingerprint=info.tokenizer_fingerprint,
+                                 max_seq_len=cfg.data.max_seq_len, train_samples=cfg.callbacks.probe_train_samples,
+                                 seed=cfg.seed) for name, path in cfg.callbacks.probes.items()]
+        callbacks.append(LinearProbes(tasks, batch_size=cfg.device_eval_batch_size, seed=cfg.seed))
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
     if (folder := local_save_folder(cfg)) is not None:

