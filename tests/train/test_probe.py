@@ -1,7 +1,7 @@
 """Linear probes (``perceiver_stream.probe``, ``callbacks.probes``): the regression finds a rule where there is one and
 none in noise, without touching the random state; a document's features do not depend on its batch; bad probe
 directories are one-line errors; and a pretraining run logs its probes on real BBC News articles at every
-evaluation, the first one included."""
+evaluation, the first one included, and trains what it would without them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from perceiver_stream.checkpoint import model_weights, read_checkpoint
 from perceiver_stream.config import ConfigError, load
 from perceiver_stream.data.format import PADDING
 from perceiver_stream.data.tokenizer import fingerprint, load_tokenizer
@@ -91,19 +92,27 @@ def test_a_bad_probe_directory_is_named(case, rotten_tomatoes, tiny_shards, tmp_
 
 
 @pytest.mark.slow
-def test_a_pretraining_run_logs_its_probes_at_every_evaluation(tiny_shards, bbc_news_quarter, tmp_path):
+def test_a_pretraining_run_logs_its_probes_at_every_evaluation_and_trains_what_it_would_without(
+        tiny_shards, bbc_news_quarter, tmp_path):
     """On 556 real BBC News articles (five topics), the probe of a fresh encoder already finds the topics well above
-    the majority class (a random projection of the pieces keeps the words that tell a topic)."""
-    overrides = tiny_overrides(tiny_shards, tmp_path, max_duration="2ba", eval_interval="2ba", eval_first="true",
-                               eval_subset_num_batches=1, **{"callbacks.probes.bbc": bbc_news_quarter})
-    result = train([TINY, *overrides])
-    assert result.returncode == 0, result.stderr[-3000:]
+    the majority class (a random projection of the pieces keeps the words that tell a topic). The same run without
+    the probe ends with bitwise the same weights."""
+    weights = {}
+    for name, probes in (("with", {"callbacks.probes.bbc": bbc_news_quarter}), ("without", {})):
+        overrides = tiny_overrides(tiny_shards, tmp_path / name, max_duration="2ba", eval_interval="1ba",
+                                   eval_first="true", eval_subset_num_batches=1, save_folder=tmp_path / name / "ckpt",
+                                   save_interval="2ba", **probes)
+        result = train([TINY, *overrides])
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[name] = model_weights(read_checkpoint(tmp_path / name / "ckpt" / "ep0-ba2-rank0.pt"))
+    assert weights["with"].keys() == weights["without"].keys()
+    assert all(torch.equal(weights["with"][key], weights["without"][key]) for key in weights["with"])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*")).parent))
+    events = EventAccumulator(str(next((tmp_path / "with" / "tb").rglob("events.out.tfevents.*")).parent))
     events.Reload()
     accuracy, majority = (events.Scalars(f"metrics/probe/bbc/{name}") for name in ("accuracy", "majority"))
-    assert [e.step for e in accuracy] == [e.step for e in majority] == [0, 2]
+    assert [e.step for e in accuracy] == [e.step for e in majority] == [0, 1, 2]
     task = read_probe_task("bbc", str(bbc_news_quarter), tokenizer_fingerprint=tokenizer_fingerprint(), max_seq_len=128,
                            train_samples=4096, seed=17)
     assert len(task.labels) == 5 and all(e.value == pytest.approx(task.majority) for e in majority)
