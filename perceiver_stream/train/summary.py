@@ -64,6 +64,18 @@ def summary(cfg: TrainConfig, world_size: int) -> str:
                 found = f"no manifest at {path} yet" + (f" (remote {stream.remote})" if stream.remote else "")
             proportion = "" if stream.proportion is None else f" proportion {stream.proportion}"
             lines.append(f"  {name}/{split}{proportion}: {found}")
+    if cfg.callbacks.probes:
+        lines.append(f"linear probes at every evaluation (eval_interval {cfg.eval_interval}"
+                     f"{', eval_first' if cfg.eval_first else ''}):")
+    for name, path in cfg.callbacks.probes.items():
+        manifests = {split: Path(path) / split / MANIFEST for split in ("train", "val")}
+        if all(manifest.exists() for manifest in manifests.values()):
+            train, val = (json.loads(manifest.read_text()) for manifest in manifests.values())
+            fitted = min(train["counts"]["samples"], cfg.callbacks.probe_train_samples)
+            lines.append(f"  {name}: {len(train.get('labels', []))} labels, fitted on {fitted:,} of "
+                         f"{train['counts']['samples']:,} train samples, scored on {val['counts']['samples']:,} val")
+        else:
+            lines.append(f"  {name}: no manifests under {path} yet")
     fsdp = cfg.parallelism.fsdp
     if fsdp is None:
         lines.append("parallelism: DDP" if world_size > 1 else "parallelism: single device")

@@ -115,13 +115,18 @@ def test_shards_of_another_tokenizer_are_refused(tiny_shards, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_summary_prints_the_plan(tiny_shards, tmp_path, capsys):
+def test_summary_prints_the_plan(tiny_shards, rotten_tomatoes, tmp_path, capsys):
     from train import main
 
-    main([TINY, *tiny_overrides(tiny_shards, tmp_path), "--summary"])
+    main([TINY, *tiny_overrides(tiny_shards, tmp_path), f"callbacks.probes.rt={rotten_tomatoes}",
+          f"callbacks.probes.absent={tmp_path}", "--summary"])
     printed = capsys.readouterr().out
     manifest = json.loads((tiny_shards / "wikipedia" / "train" / "manifest.json").read_text())
     assert f"wikipedia/train proportion 0.5: {manifest['counts']['tokens']:,} tokens" in printed
+    counts = {split: json.loads((rotten_tomatoes / split / "manifest.json").read_text())["counts"]["samples"]
+              for split in ("train", "val")}
+    assert (f"  rt: 2 labels, fitted on 4,096 of {counts['train']:,} train samples, scored on {counts['val']:,} val\n"
+            f"  absent: no manifests under {tmp_path} yet") in printed
     assert "batch plan: 1 device(s) x 32 per device = 32 global; micro-batch 32, 1 accumulation step(s)" in printed
     main([str(REPO / "yamls" / "mlm_base.yaml"), "--summary"])
     printed = capsys.readouterr().out
