@@ -18,7 +18,7 @@ from perceiver_stream.data.tokenizer import fingerprint, load_tokenizer
 from perceiver_stream.model import PerceiverMLM
 from perceiver_stream.probe import LabelledSamples, latent_features, logistic_regression, read_probe_task
 from perceiver_stream.train.config import build_train_config
-from tests.conftest import shared_path
+from tests.conftest import REPO, shared_path
 from tests.train.conftest import TINY, tiny_overrides
 from tests.train.forked import train
 
@@ -89,6 +89,11 @@ def test_a_bad_probe_directory_is_named(case, rotten_tomatoes, tiny_shards, tmp_
     with pytest.raises(ConfigError) as error:
         read_probe_task("rt", str(path), **settings, train_samples=100, seed=0)
     assert str(error.value).startswith(expected) and "\n" not in str(error.value), str(error.value)
+
+
+def test_probes_belong_to_pretraining():
+    with pytest.raises(ConfigError, match=r"^callbacks.probes: linear probes measure a pretraining run's encoder"):
+        build_train_config(load(str(REPO / "yamls" / "clf_rotten_tomatoes.yaml"), ["callbacks.probes.rt=x"]))
 
 
 @pytest.mark.slow

@@ -51,6 +51,8 @@ def test_fsdp2_shards_parameters_and_checkpoints_and_compiles_every_attention_la
     ("save_folder={tmp}/a_file/checkpoints", "save_folder='{tmp}/a_file/checkpoints': cannot write checkpoints"),
     ("data.tokenizer={tmp}/empty", "data.tokenizer={tmp}/empty: cannot load a tokenizer"),
     ("data.streams.wikipedia.local={tmp}/truncated", "{tmp}/truncated/train/manifest.json is not valid JSON"),
+    ("callbacks.probe_train_samples=5", "callbacks.probe_train_samples=5: expected at least 10"),
+    ("callbacks.probes.rt={tmp}/empty", "callbacks.probes.rt={tmp}/empty: no {tmp}/empty/train/manifest.json"),
 ])
 def test_user_mistakes_are_one_line_errors(tiny_shards, tmp_path, capsys, override, message):
     from train import main
