@@ -27,7 +27,7 @@ from perceiver_stream.data.masking import count_tokens
 from perceiver_stream.model.composer_classifier import ComposerPerceiverClassifier
 from perceiver_stream.model.composer_model import ComposerPerceiverMLM
 from perceiver_stream.optim import build_optimizer
-from perceiver_stream.probe import read_probe_task
+from perceiver_stream.probe import ProbeTask, read_probe_task
 from perceiver_stream.remote import RemoteError, is_remote, list_objects
 from perceiver_stream.train.callbacks import (
     CheckpointDigests,
@@ -188,18 +188,22 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
     return settings
 
 
-def build_callbacks(cfg: TrainConfig, info: DataInfo) -> list:
+def probe_tasks(cfg: TrainConfig, info: DataInfo) -> list[ProbeTask]:
+    """``callbacks.probes`` read and checked (a one-line ``ConfigError`` naming the key), before anything heavy."""
+    return [read_probe_task(name, path, tokenizer_fingerprint=info.tokenizer_fingerprint,
+                            max_seq_len=cfg.data.max_seq_len, train_samples=cfg.callbacks.probe_train_samples,
+                            seed=cfg.seed) for name, path in cfg.callbacks.probes.items()]
+
+
+def build_callbacks(cfg: TrainConfig, info: DataInfo, probes: list[ProbeTask]) -> list:
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
                  OptimizerMonitor(), ResumeGuard(resume_settings(cfg, info)),
                  RunDescription(to_dict(cfg), info.tokenizer_fingerprint, info.labels, tokenizer_files(info.tokenizer)),
                  StopOnNonFiniteLoss(), FirstBatchTime(), CompileCache()]
     if not isinstance(cfg, ClassifierTrainConfig):
         callbacks.append(FillMaskTable(info.tokenizer, cfg.callbacks.fill_mask_sentences))
-    if cfg.callbacks.probes:
-        tasks = [read_probe_task(name, path, tokenizer_fingerprint=info.tokenizer_fingerprint,
-                                 max_seq_len=cfg.data.max_seq_len, train_samples=cfg.callbacks.probe_train_samples,
-                                 seed=cfg.seed) for name, path in cfg.callbacks.probes.items()]
-        callbacks.append(LinearProbes(tasks, batch_size=cfg.device_eval_batch_size, seed=cfg.seed))
+    if probes:
+        callbacks.append(LinearProbes(probes, batch_size=cfg.device_eval_batch_size, seed=cfg.seed))
     if torch.cuda.is_available():
         callbacks.append(MemoryMonitor())
     if (folder := local_save_folder(cfg)) is not None:
@@ -244,6 +248,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     if cfg.model.vocab_size != len(info.tokenizer):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but tokenizer {cfg.data.tokenizer!r} has "
                          f"{len(info.tokenizer)} tokens")
+    probes = probe_tasks(cfg, info)
     # Before the loaders (as the Trainer would later): their shared memory registration waits on the ranks' barrier.
     dist.initialize_dist(device_name(), cfg.dist_timeout)
     if bucket is not None and cfg.autoresume:
@@ -298,7 +303,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         autoresume=cfg.autoresume and bucket is None,
         load_path=cfg.load_path if resume_from is None else str(resume_from),
         loggers=build_loggers(cfg),
-        callbacks=build_callbacks(cfg, info),
+        callbacks=build_callbacks(cfg, info, probes),
         console_log_interval=cfg.console_log_interval,
         progress_bar=cfg.progress_bar,
         log_to_console=not cfg.progress_bar,
