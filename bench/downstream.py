@@ -53,37 +53,29 @@ import torch
 import torch.nn.functional as F
 from learning import DEFAULTS, REPO, SHARED, Scorer, bert_mini_mlm, mean, prepare_corpora, train_hf, train_ours
 from omegaconf import OmegaConf
-from streaming import StreamingDataset
 
 from convert.labelled import LabelledStats, convert_labelled, read_label_directories, read_rotten_tomatoes
 from convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
 from perceiver_stream.config import build
-from perceiver_stream.data.classification import ClassificationCollator
-from perceiver_stream.data.format import IDS_COLUMN, LABEL_COLUMN, TYPES_COLUMN, is_word_token
-from perceiver_stream.data.shared_memory import shared_memory_registration
+from perceiver_stream.data.format import is_word_token
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.classifier import PerceiverClassifier, encoder_state, freeze_encoder
 from perceiver_stream.model.config import PerceiverClassifierConfig
 from perceiver_stream.optim import Lamb
-from perceiver_stream.probe import logistic_regression
+from perceiver_stream.probe import LabelledSamples, logistic_regression, read_labelled
 
 TASKS = {"rt": "rotten-tomatoes", "bbc": "bbc-news"}
 
 
 @dataclass
-class Split:
-    """One split of a task: padded ids and token types (S, L) and label indices (S,)."""
+class Split(LabelledSamples):
+    """One split of a task, named so that ``Cached`` tells a train row from a val row of the same index."""
 
-    name: str
-    ids: np.ndarray
-    types: np.ndarray
-    labels: np.ndarray
+    name: str = ""
 
     def batch(self, rows: np.ndarray) -> dict:
         """The classification collator's batch of ``rows`` (cut after the longest document), and the split's name."""
-        batch = ClassificationCollator()([{"input_ids": self.ids[i], "token_type": self.types[i],
-                                           "label": self.labels[i], "sample_idx": int(i)} for i in rows])
-        return {**batch, "split": self.name}
+        return {**super().batch(rows), "split": self.name}
 
 
 def labelled_task(task: str, cache: Path, tokenizer: str, seq_len: int) -> tuple[Split, Split, list[str]]:
@@ -96,16 +88,9 @@ def labelled_task(task: str, cache: Path, tokenizer: str, seq_len: int) -> tuple
                      else read_label_directories(fetch_bbc_news(downloads), stats))
         convert_labelled(documents, out, tokenizer=tokenizer, max_seq_len=seq_len, val_fraction=0.2,
                          source={"task": TASKS[task]}, stats=stats)
-    splits = []
-    for split in ("train", "val"):
-        with shared_memory_registration():
-            dataset = StreamingDataset(local=str(out / split), shuffle=False, batch_size=1)
-        records = [dataset[i] for i in range(len(dataset))]
-        splits.append(Split(split, np.stack([r[IDS_COLUMN] for r in records]).astype(np.int64),
-                            np.stack([r[TYPES_COLUMN] for r in records]),
-                            np.array([r[LABEL_COLUMN] for r in records])))
+    train, val = (Split(**vars(read_labelled(out / split, task)), name=split) for split in ("train", "val"))
     labels = json.loads((out / "train" / "manifest.json").read_text())["labels"]
-    return splits[0], splits[1], labels
+    return train, val, labels
 
 
 def sparse_bag(pieces: list[np.ndarray], vocab_size: int) -> torch.Tensor:

@@ -21,8 +21,8 @@ from streaming import LocalDataset
 
 from perceiver_stream.config import ConfigError
 from perceiver_stream.data.classification import ClassificationCollator
-from perceiver_stream.data.dataset import DataError, read_json, verify_shards
-from perceiver_stream.data.format import IDS_COLUMN, LABEL_COLUMN, MANIFEST, MANIFEST_FORMAT, TYPES_COLUMN
+from perceiver_stream.data.dataset import DataError, check_manifest, load_manifest, verify_shards
+from perceiver_stream.data.format import IDS_COLUMN, LABEL_COLUMN, MANIFEST, TYPES_COLUMN
 
 L2_CHOICES = (0.03, 0.1, 0.3, 1.0, 3.0)  # the regression's C, chosen on a fifth of the training rows
 
@@ -142,11 +142,25 @@ class ProbeTask:
         return float(np.bincount(self.val.labels, minlength=len(self.labels)).max() / len(self.val.labels))
 
 
-def read_probe_task(name: str, path: str, *, tokenizer_fingerprint: str, max_seq_len: int, train_samples: int,
-                    seed: int) -> ProbeTask:
+def read_labelled(directory: Path, what: str) -> LabelledSamples:
+    """Every sample of one split ``perceiver-convert labelled`` wrote to ``directory``, in stored order, its shards
+    verified first (which also writes the decompressed ``.mds`` that ``LocalDataset`` reads); a ``DataError`` naming
+    ``what`` when a shard does not match its hash or the split holds no samples."""
+    verify_shards(what, directory)
+    dataset = LocalDataset(str(directory))
+    records = [dataset[i] for i in range(len(dataset))]
+    if not records:
+        raise DataError(f"{what}: {directory} has no samples; reconvert with a larger --val-fraction")
+    return LabelledSamples(np.stack([r[IDS_COLUMN] for r in records]).astype(np.int64),
+                           np.stack([r[TYPES_COLUMN] for r in records]),
+                           np.array([int(r[LABEL_COLUMN]) for r in records]))
+
+
+def read_probe_task(name: str, path: str, *, tokenizer: str, tokenizer_fingerprint: str, vocab_size: int,
+                    max_seq_len: int, train_samples: int, seed: int) -> ProbeTask:
     """``callbacks.probes.<name>``: the labelled shards ``perceiver-convert labelled`` (or ``rotten-tomatoes``,
     ``bbc-news``) wrote to ``path`` (its ``train`` and ``val``, on local disk), checked against the run's tokenizer
-    and sequence length, verified and read; every mismatch is a ``ConfigError`` naming the key."""
+    and sequence length as the streams are, verified and read; every mismatch is a ``ConfigError`` naming the key."""
     key = f"callbacks.probes.{name}={path}"
     splits, labels = {}, None
     for split in ("train", "val"):
@@ -156,32 +170,16 @@ def read_probe_task(name: str, path: str, *, tokenizer_fingerprint: str, max_seq
             raise ConfigError(f"{key}: no {manifest_path}; convert labelled text with perceiver-convert labelled (or "
                               "rotten-tomatoes, bbc-news) and point the key at its output directory (on local disk)")
         try:
-            manifest = read_json(manifest_path, key)
-            if manifest.get("format") != MANIFEST_FORMAT:
-                raise ConfigError(f"{key}: {manifest_path} has format {manifest.get('format')!r}, expected "
-                                  f"{MANIFEST_FORMAT!r}")
+            manifest = load_manifest(manifest_path, key)
             if not manifest.get("labels"):
                 raise ConfigError(f"{key}: {directory} holds no labels; a probe needs labelled shards (perceiver-"
                                   "convert labelled, rotten-tomatoes or bbc-news)")
-            found = {"tokenizer fingerprint": manifest["tokenizer"]["fingerprint"],
-                     "max_seq_len": manifest["max_seq_len"]}
-            expected = {"tokenizer fingerprint": tokenizer_fingerprint, "max_seq_len": max_seq_len}
-            for what in found:
-                if found[what] != expected[what]:
-                    raise ConfigError(f"{key}: the shards have {what} {found[what]} (tokenizer "
-                                      f"{manifest['tokenizer']['name']!r}) but the run has {expected[what]}; convert "
-                                      "the labelled text with data.tokenizer and data.max_seq_len")
+            check_manifest(key, manifest, tokenizer=tokenizer, tokenizer_fingerprint=tokenizer_fingerprint,
+                           vocab_size=vocab_size, max_seq_len=max_seq_len)
             if labels is not None and manifest["labels"] != labels:
                 raise ConfigError(f"{key}: train and val have different labels ({labels} and {manifest['labels']})")
             labels = manifest["labels"]
-            verify_shards(key, directory)
+            splits[split] = read_labelled(directory, key)
         except DataError as e:
             raise ConfigError(str(e)) from None
-        dataset = LocalDataset(str(directory))
-        records = [dataset[i] for i in range(len(dataset))]
-        if not records:
-            raise ConfigError(f"{key}: {directory} has no samples; reconvert with a larger --val-fraction")
-        splits[split] = LabelledSamples(np.stack([r[IDS_COLUMN] for r in records]).astype(np.int64),
-                                        np.stack([r[TYPES_COLUMN] for r in records]),
-                                        np.array([int(r[LABEL_COLUMN]) for r in records]))
     return ProbeTask(name, splits["train"].subset(train_samples, seed), splits["val"], labels)

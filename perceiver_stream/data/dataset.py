@@ -128,27 +128,33 @@ def read_manifest(name: str, stream: StreamConfig, split: str, timeout: float) -
     if not path.exists():
         raise DataError(f"stream {name!r} ({split}): no {path}; convert the corpus with perceiver-convert and "
                         f"point data.streams.{name}.local (or .remote) at its output")
-    manifest = read_json(path, f"stream {name!r} ({split})")
+    return load_manifest(path, f"stream {name!r} ({split})")
+
+
+def load_manifest(path: Path, what: str) -> dict:
+    """The manifest at ``path``, or a ``DataError`` naming ``what`` (a stream and split, a key) when it is not JSON
+    or not of this project's format."""
+    manifest = read_json(path, what)
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"stream {name!r} ({split}): {path} has format {manifest.get('format')!r}, "
-                        f"expected {MANIFEST_FORMAT!r}")
+        raise DataError(f"{what}: {path} has format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     return manifest
 
 
-def check_manifest(name: str, split: str, manifest: dict, cfg: StreamingDataConfig, tokenizer_fingerprint: str,
-                   vocab_size: int) -> None:
-    """Refuse shards converted with another tokenizer, vocabulary or sequence length."""
+def check_manifest(what: str, manifest: dict, *, tokenizer: str, tokenizer_fingerprint: str, vocab_size: int,
+                   max_seq_len: int) -> None:
+    """Refuse shards converted with another tokenizer, vocabulary or sequence length than the run's (``tokenizer``
+    is ``data.tokenizer``); ``what`` names the shards in the error (a stream and split, a key)."""
     expected = {
         "tokenizer fingerprint": (manifest["tokenizer"]["fingerprint"], tokenizer_fingerprint),
         "vocab size": (manifest["tokenizer"]["vocab_size"], vocab_size),
-        "max_seq_len": (manifest["max_seq_len"], cfg.max_seq_len),
+        "max_seq_len": (manifest["max_seq_len"], max_seq_len),
     }
-    for what, (found, configured) in expected.items():
+    for setting, (found, configured) in expected.items():
         if found != configured:
             raise DataError(
-                f"stream {name!r} ({split}): shards have {what} {found} (tokenizer "
-                f"{manifest['tokenizer']['name']!r}) but the configuration has {configured} (data.tokenizer="
-                f"{cfg.tokenizer!r}, data.max_seq_len={cfg.max_seq_len}); reconvert or fix the configuration"
+                f"{what}: shards have {setting} {found} (tokenizer {manifest['tokenizer']['name']!r}) but the "
+                f"configuration has {configured} (data.tokenizer={tokenizer!r}, data.max_seq_len={max_seq_len}); "
+                "reconvert with the run's tokenizer and max_seq_len, or fix the configuration"
             )
 
 
@@ -231,7 +237,9 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
     for name, stream in cfg.streams.items():
         for split in splits:
             manifest = read_manifest(name, stream, split, cfg.download_timeout)
-            check_manifest(name, split, manifest, cfg, tokenizer_fingerprint, len(tokenizer))
+            check_manifest(f"stream {name!r} ({split})", manifest, tokenizer=cfg.tokenizer,
+                           tokenizer_fingerprint=tokenizer_fingerprint, vocab_size=len(tokenizer),
+                           max_seq_len=cfg.max_seq_len)
             if manifest["counts"]["samples"] == 0:
                 if split == "train":
                     raise DataError(f"stream {name!r} (train) has no samples: {manifest['counts']}")

@@ -190,9 +190,10 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
 
 def probe_tasks(cfg: TrainConfig, info: DataInfo) -> list[ProbeTask]:
     """``callbacks.probes`` read and checked (a one-line ``ConfigError`` naming the key), before anything heavy."""
-    return [read_probe_task(name, path, tokenizer_fingerprint=info.tokenizer_fingerprint,
-                            max_seq_len=cfg.data.max_seq_len, train_samples=cfg.callbacks.probe_train_samples,
-                            seed=cfg.seed) for name, path in cfg.callbacks.probes.items()]
+    return [read_probe_task(name, path, tokenizer=cfg.data.tokenizer, tokenizer_fingerprint=info.tokenizer_fingerprint,
+                            vocab_size=len(info.tokenizer), max_seq_len=cfg.data.max_seq_len,
+                            train_samples=cfg.callbacks.probe_train_samples, seed=cfg.seed)
+            for name, path in cfg.callbacks.probes.items()]
 
 
 def build_callbacks(cfg: TrainConfig, info: DataInfo, probes: list[ProbeTask]) -> list:

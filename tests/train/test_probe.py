@@ -23,8 +23,11 @@ from tests.train.conftest import TINY, tiny_overrides
 from tests.train.forked import train
 
 
-def tokenizer_fingerprint(name: str = "xlnet-base-cased") -> str:
-    return fingerprint(load_tokenizer(str(shared_path(f"tokenizers/{name}"))))
+def tokenizer_settings(name: str = "xlnet-base-cased") -> dict:
+    """``read_probe_task``'s tokenizer keywords for a run with ``data.tokenizer`` the shared ``name``."""
+    path = str(shared_path(f"tokenizers/{name}"))
+    tokenizer = load_tokenizer(path)
+    return {"tokenizer": path, "tokenizer_fingerprint": fingerprint(tokenizer), "vocab_size": len(tokenizer)}
 
 
 def random_state() -> tuple:
@@ -49,8 +52,8 @@ def test_logistic_regression_finds_a_linear_rule_and_no_rule_in_noise():
 
 
 def test_a_documents_features_do_not_depend_on_its_batch(rotten_tomatoes):
-    task = read_probe_task("rt", str(rotten_tomatoes), tokenizer_fingerprint=tokenizer_fingerprint(), max_seq_len=128,
-                           train_samples=48, seed=0)
+    task = read_probe_task("rt", str(rotten_tomatoes), **tokenizer_settings(), max_seq_len=128, train_samples=48,
+                           seed=0)
     samples = task.train
     lengths = (samples.types != PADDING).sum(1)
     assert len(samples.labels) == 48 and lengths.min() < lengths.max() < 128  # padded, unevenly
@@ -70,20 +73,20 @@ def test_a_documents_features_do_not_depend_on_its_batch(rotten_tomatoes):
 
 @pytest.mark.parametrize("case", ["missing", "unlabelled", "tokenizer", "max_seq_len"])
 def test_a_bad_probe_directory_is_named(case, rotten_tomatoes, tiny_shards, tmp_path):
-    path, settings = rotten_tomatoes, {"tokenizer_fingerprint": tokenizer_fingerprint(), "max_seq_len": 128}
+    path, settings = rotten_tomatoes, {**tokenizer_settings(), "max_seq_len": 128}
     expected = {"missing": f"callbacks.probes.rt={tmp_path}: no {tmp_path}/train/manifest.json; convert labelled text "
                            "with perceiver-convert labelled",
                 "unlabelled": f"callbacks.probes.rt={tiny_shards / 'wikipedia'}: {tiny_shards / 'wikipedia'}/train "
                               "holds no labels",
-                "tokenizer": f"callbacks.probes.rt={rotten_tomatoes}: the shards have tokenizer fingerprint",
-                "max_seq_len": f"callbacks.probes.rt={rotten_tomatoes}: the shards have max_seq_len 128 (tokenizer "
-                               f"'{shared_path('tokenizers/xlnet-base-cased')}') but the run has 512"}[case]
+                "tokenizer": f"callbacks.probes.rt={rotten_tomatoes}: shards have tokenizer fingerprint",
+                "max_seq_len": f"callbacks.probes.rt={rotten_tomatoes}: shards have max_seq_len 128 (tokenizer "
+                               f"'{shared_path('tokenizers/xlnet-base-cased')}') but the configuration has 512"}[case]
     if case == "missing":
         path = tmp_path
     elif case == "unlabelled":
         path = tiny_shards / "wikipedia"
     elif case == "tokenizer":
-        settings["tokenizer_fingerprint"] = tokenizer_fingerprint("bert-base-uncased")
+        settings.update(tokenizer_settings("bert-base-uncased"))
     else:
         settings["max_seq_len"] = 512
     with pytest.raises(ConfigError) as error:
@@ -118,8 +121,8 @@ def test_a_pretraining_run_logs_its_probes_at_every_evaluation_and_trains_what_i
     events.Reload()
     accuracy, majority = (events.Scalars(f"metrics/probe/bbc/{name}") for name in ("accuracy", "majority"))
     assert [e.step for e in accuracy] == [e.step for e in majority] == [0, 2]
-    task = read_probe_task("bbc", str(bbc_news_quarter), tokenizer_fingerprint=tokenizer_fingerprint(), max_seq_len=128,
-                           train_samples=4096, seed=17)
+    task = read_probe_task("bbc", str(bbc_news_quarter), **tokenizer_settings(), max_seq_len=128, train_samples=4096,
+                           seed=17)
     assert len(task.labels) == 5 and all(e.value == pytest.approx(task.majority) for e in majority)
     print([round(e.value, 4) for e in accuracy], task.majority)
     assert all(e.value > 1.3 * task.majority for e in accuracy)
