@@ -31,6 +31,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -339,42 +340,53 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
 
     corpus, tokenizer = corpus_and_tokenizer(args)
     seq_len = 32 if smoke else SEQ_LEN
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    files = tuple(str(p) for p in sorted(corpus.rglob("*")) if p.is_file())
-    convert({"wikipedia": Source("files", files=files)}, work / "shards",
-            Options(tokenizer=str(tokenizer), max_seq_len=seq_len, val_fraction=0.05, workers=1 if smoke else 2))
-    batches = 4 if smoke else TRAIN_BATCHES
-    versions = (2,) if smoke else (1, 2)
-    result = {}
-    for version in versions:
-        log_dir = work / f"tb-fsdp{version}"
-        overrides = [
-            f"data.streams.wikipedia.local={work}/shards/wikipedia", "data.streams.bookcorpus=null",
-            f"data.tokenizer={tokenizer}", f"max_duration={batches}ba", f"eval_interval={batches * 10}ba",
-            "save_folder=null", "autoresume=false", "loggers.wandb=null", f"loggers.tensorboard.log_dir={log_dir}",
-            "progress_bar=false", "console_log_interval=10ba", "callbacks.speed_monitor_window=10",
-            f"parallelism.fsdp.version={version}", "data.num_workers=2", "scheduler.t_warmup=10ba",
-            f"global_train_batch_size={args.train_batch}", f"device_train_microbatch_size={args.train_batch}",
-        ]
-        if smoke:
-            overrides += ["precision=fp32", "global_train_batch_size=4", "device_train_microbatch_size=4",
-                          f"data.max_seq_len={seq_len}", f"model.max_seq_len={seq_len}", "model.num_latents=8",
-                          "model.num_latent_channels=64", "model.encoder.num_input_channels=64",
-                          "model.encoder.num_self_attention_layers_per_block=1",
-                          "model.decoder.num_cross_attention_v_channels=64", "data.num_workers=0",
-                          "model.activation_checkpointing=false", "callbacks.speed_monitor_window=2"]
-        command = [sys.executable, "-m", "composer.cli.launcher", "-n", "1", str(REPO / "train.py"),
-                   str(REPO / "yamls" / "mlm_base.yaml"), *overrides]
-        start = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.train_timeout)
-        entry: dict = {"wall_s": round(time.perf_counter() - start, 1)}
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines() or ["(no output)"]
-            entry["error"] = next((line for line in lines if "train.py: error:" in line), lines[-1])[:300]
-        else:
-            entry.update(speed_monitor(log_dir))
-        result[f"fsdp{version}"] = entry
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:  # shards and logs, gone afterwards
+        work = Path(folder)
+        files = tuple(str(p) for p in sorted(corpus.rglob("*")) if p.is_file())
+        convert({"wikipedia": Source("files", files=files)}, work / "shards",
+                Options(tokenizer=str(tokenizer), max_seq_len=seq_len, val_fraction=0.05, workers=1 if smoke else 2))
+        batches = 4 if smoke else TRAIN_BATCHES
+        versions = (2,) if smoke else (1, 2)
+        result = {}
+        for version in versions:
+            log_dir = work / f"tb-fsdp{version}"
+            overrides = [
+                f"data.streams.wikipedia.local={work}/shards/wikipedia", "data.streams.bookcorpus=null",
+                f"data.tokenizer={tokenizer}", f"max_duration={batches}ba", f"eval_interval={batches * 10}ba",
+                "save_folder=null", "autoresume=false", "loggers.wandb=null", f"loggers.tensorboard.log_dir={log_dir}",
+                "progress_bar=false", "console_log_interval=10ba", "callbacks.speed_monitor_window=10",
+                f"parallelism.fsdp.version={version}", "data.num_workers=2", "scheduler.t_warmup=10ba",
+                f"global_train_batch_size={args.train_batch}", f"device_train_microbatch_size={args.train_batch}",
+            ]
+            if smoke:
+                overrides += ["precision=fp32", "global_train_batch_size=4", "device_train_microbatch_size=4",
+                              f"data.max_seq_len={seq_len}", f"model.max_seq_len={seq_len}", "model.num_latents=8",
+                              "model.num_latent_channels=64", "model.encoder.num_input_channels=64",
+                              "model.encoder.num_self_attention_layers_per_block=1",
+                              "model.decoder.num_cross_attention_v_channels=64", "data.num_workers=0",
+                              "model.activation_checkpointing=false", "callbacks.speed_monitor_window=2"]
+            command = [sys.executable, "-m", "composer.cli.launcher", "-n", "1", str(REPO / "train.py"),
+                       str(REPO / "yamls" / "mlm_base.yaml"), *overrides]
+            start = time.perf_counter()
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.train_timeout)
+            entry: dict = {"wall_s": round(time.perf_counter() - start, 1)}
+            log = args.out.with_name(f"{args.out.stem}-train-fsdp{version}.log")
+            log.write_text(done.stdout + done.stderr)
+            if done.returncode != 0:
+                entry["error"] = failure(done.stderr)
+                entry["log"] = str(log)
+            else:
+                entry.update(speed_monitor(log_dir))
+            result[f"fsdp{version}"] = entry
     return result
+
+
+def failure(stderr: str) -> str:
+    """Why a ``train.py`` run failed, in one line: its own error line, else the last exception its traceback names
+    (the launcher's last line only says that a rank exited), else the last line."""
+    lines = stderr.strip().splitlines() or ["(no output)"]
+    raised = [line for line in lines if re.search(r"\w(Error|Exception): ", line)]
+    return next((line for line in lines if "train.py: error:" in line), (raised or lines)[-1])[:300]
 
 
 def speed_monitor(log_dir: Path) -> dict:

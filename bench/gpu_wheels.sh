@@ -15,6 +15,12 @@ WHEELS=(
   backoff==2.2.1 gql==3.5.3 graphql-core==3.2.6 prompt_toolkit==3.0.36 wcwidth==0.9.4 questionary==2.0.1
   ruamel.yaml==0.19.1 validators==0.36.0 termcolor==3.3.0 zstd==1.5.6.1 python-snappy==0.7.3 cramjam==2.14.0
   Brotli==1.2.1 catalogue==2.0.10
+  # what a Python with only torch and transformers 5 lacks (bench/gpu_rehearse.sh found them): composer imports
+  # requests, torchvision (built for torch 2.11), torchmetrics, psutil, py-cpuinfo; train.py logs to TensorBoard,
+  # and Composer's console logger needs pandas for the fill-mask table
+  requests==2.34.2 urllib3==2.8.0 charset_normalizer==3.5.3 certifi==2026.10.19.post1 torchvision==0.26.0
+  pillow==13.0.0 py-cpuinfo==9.0.0 psutil==7.2.2 torchmetrics==1.9.0 lightning-utilities==0.15.3 websockets==17.4
+  python-dateutil==4.0.0 xxhash==4.1.0 tensorboard==2.21.0 protobuf==7.36.2 absl-py==2.5.1 pandas==3.1.1
 )
 LIMIT_MIB=64
 PYTHON="${PYTHON:-python3}"

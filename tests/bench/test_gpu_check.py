@@ -1,10 +1,13 @@
-"""bench/gpu_check.py without a GPU: the refusal, the skip paths, every part at a tiny shape, the wheel list."""
+"""bench/gpu_check.py without a GPU: the refusal, the skip paths, every part at a tiny shape, a failed run's reason,
+the wheel list and the installer of the wheels a machine lacks (bench/gpu_site.py)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 from transformers import PerceiverForMaskedLM
@@ -99,3 +102,54 @@ def test_wheel_list_pins_what_this_project_installs():
     wheels = dict(line.split("==") for line in result.stdout.split())
     for package in ("mosaicml", "mosaicml-streaming", "torch-optimizer", "omegaconf", "mwparserfromhell"):
         assert wheels[package] == importlib.metadata.version(package), package
+
+
+def test_a_failed_train_run_is_reported_by_its_reason_not_the_launchers_last_line():
+    gpu_check = import_gpu_check()
+    traceback = "\n".join([
+        "[rank0]: Traceback (most recent call last):",
+        "[rank0]: ModuleNotFoundError: No module named 'pandas'",
+        "[rank0]: The above exception was the direct cause of the following exception:",
+        "[rank0]: composer.utils.import_helpers.MissingConditionalImportError: Composer was installed without pandas",
+        "ERROR:__main__:Rank 0 crashed with exit code 1.",
+        "Global rank 0 (PID 384) exited with code 1"])
+    assert gpu_check.failure(traceback) == ("[rank0]: composer.utils.import_helpers.MissingConditionalImportError: "
+                                            "Composer was installed without pandas")
+    ours = "train.py: error: data.tokenizer=x: cannot load a tokenizer (no such directory)"
+    assert gpu_check.failure(f"{traceback}\n{ours}") == ours
+    assert gpu_check.failure("killed\nGlobal rank 0 (PID 1) exited with code -9") == \
+        "Global rank 0 (PID 1) exited with code -9"
+    assert gpu_check.failure("") == "(no output)"
+
+
+def wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of one empty module, as pip installs it."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": "", f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{member},,\n" for member in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def test_gpu_site_installs_the_missing_wheels_and_keeps_the_machines_own(tmp_path):
+    staged = tmp_path / "whl"
+    staged.mkdir()
+    absent = wheel(staged, "perceiver_gpu_site_probe", "1.0")
+    wheel(staged, "tqdm", "0.0.1")  # installed here at another version: the machine's copy is kept
+    wheel(staged, "python_dateutil", "0.0.1")  # the file name's spelling of python-dateutil, installed here
+    target = tmp_path / "site"
+    result = run([sys.executable, str(REPO / "bench" / "gpu_site.py"), "--wheels", str(staged), "--target",
+                  str(target)])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"gpu_site.py: installed 1 wheel(s) into {target}; kept this machine's python_dateutil "
+        f"{importlib.metadata.version('python-dateutil')}, tqdm {importlib.metadata.version('tqdm')}")
+    assert (target / "perceiver_gpu_site_probe.py").is_file() and not (target / "tqdm.py").exists()
+    assert absent.exists()
+    empty = run([sys.executable, str(REPO / "bench" / "gpu_site.py"), "--wheels", str(tmp_path / "none")])
+    assert empty.returncode == 2 and empty.stderr.strip() == (
+        f"gpu_site.py: error: no wheels in {tmp_path / 'none'}; stage them with bench/gpu_wheels.sh")
