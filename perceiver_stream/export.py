@@ -32,7 +32,7 @@ from perceiver_stream.checkpoint import (
     stored_tokenizer,
 )
 from perceiver_stream.config import ConfigError, load
-from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
+from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprints, load_tokenizer
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.classifier import PerceiverClassifier
 from perceiver_stream.model.config import PerceiverClassifierConfig
@@ -107,7 +107,7 @@ def export(checkpoint: str | Path, out: str | Path, *, config: str | None = None
             tokenizer = load_tokenizer(source, model_input_names=["input_ids", "attention_mask"])
         except TokenizerLoadError as e:
             raise CheckpointError(f"data.tokenizer={e}; pass data.tokenizer=DIR of the training tokenizer") from None
-        if trained_fingerprint is not None and fingerprint(tokenizer) != trained_fingerprint:
+        if trained_fingerprint is not None and trained_fingerprint not in fingerprints(tokenizer):
             raise CheckpointError(f"data.tokenizer={cfg.data.tokenizer!r} is not the tokenizer {checkpoint} was "
                                   "trained with (another fingerprint); pass data.tokenizer=DIR of the training "
                                   "tokenizer")

@@ -156,7 +156,7 @@ def read_labelled(directory: Path, what: str) -> LabelledSamples:
                            np.array([int(r[LABEL_COLUMN]) for r in records]))
 
 
-def read_probe_task(name: str, path: str, *, tokenizer: str, tokenizer_fingerprint: str, vocab_size: int,
+def read_probe_task(name: str, path: str, *, tokenizer: str, tokenizer_fingerprints: tuple[str, ...], vocab_size: int,
                     max_seq_len: int, train_samples: int, seed: int) -> ProbeTask:
     """``callbacks.probes.<name>``: the labelled shards ``perceiver-convert labelled`` (or ``rotten-tomatoes``,
     ``bbc-news``) wrote to ``path`` (its ``train`` and ``val``, on local disk), checked against the run's tokenizer
@@ -174,7 +174,7 @@ def read_probe_task(name: str, path: str, *, tokenizer: str, tokenizer_fingerpri
             if not manifest.get("labels"):
                 raise ConfigError(f"{key}: {directory} holds no labels; a probe needs labelled shards (perceiver-"
                                   "convert labelled, rotten-tomatoes or bbc-news)")
-            check_manifest(key, manifest, tokenizer=tokenizer, tokenizer_fingerprint=tokenizer_fingerprint,
+            check_manifest(key, manifest, tokenizer=tokenizer, tokenizer_fingerprints=tokenizer_fingerprints,
                            vocab_size=vocab_size, max_seq_len=max_seq_len)
             if labels is not None and manifest["labels"] != labels:
                 raise ConfigError(f"{key}: train and val have different labels ({labels} and {manifest['labels']})")

@@ -24,7 +24,7 @@ from perceiver_stream.data.config import ClassificationDataConfig, StreamConfig,
 from perceiver_stream.data.format import IDS_COLUMN, LABEL_COLUMN, MANIFEST, MANIFEST_FORMAT, TYPES_COLUMN
 from perceiver_stream.data.masking import MLMCollator
 from perceiver_stream.data.shared_memory import shared_memory_registration
-from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
+from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprints, load_tokenizer
 from perceiver_stream.digest import file_xxh64
 from perceiver_stream.errors import first_line
 
@@ -101,13 +101,19 @@ class MLMStreamingDataset(StreamingDataset):
 
 @dataclass
 class DataInfo:
-    """The configured tokenizer, its fingerprint, each stream's manifest by ``(stream, split)``, and for labelled
-    shards their label vocabulary."""
+    """The configured tokenizer, its fingerprints (``data.tokenizer.fingerprints``: what is recorded now, then what
+    shards and checkpoints of earlier releases recorded), each stream's manifest by ``(stream, split)``, and for
+    labelled shards their label vocabulary."""
 
     tokenizer: PreTrainedTokenizerFast
-    tokenizer_fingerprint: str
+    tokenizer_fingerprints: tuple[str, ...]
     manifests: dict[tuple[str, str], dict]
     labels: list[str] | None = None
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """The fingerprint new shards and checkpoints record."""
+        return self.tokenizer_fingerprints[0]
 
 
 def _split_paths(stream: StreamConfig, split: str) -> tuple[str, str | None]:
@@ -140,12 +146,15 @@ def load_manifest(path: Path, what: str) -> dict:
     return manifest
 
 
-def check_manifest(what: str, manifest: dict, *, tokenizer: str, tokenizer_fingerprint: str, vocab_size: int,
-                   max_seq_len: int) -> None:
+def check_manifest(what: str, manifest: dict, *, tokenizer: str, tokenizer_fingerprints: tuple[str, ...],
+                   vocab_size: int, max_seq_len: int) -> None:
     """Refuse shards converted with another tokenizer, vocabulary or sequence length than the run's (``tokenizer``
-    is ``data.tokenizer``); ``what`` names the shards in the error (a stream and split, a key)."""
+    is ``data.tokenizer``, ``tokenizer_fingerprints`` its fingerprints, any of which the shards may record); ``what``
+    names the shards in the error (a stream and split, a key)."""
+    recorded = manifest["tokenizer"]["fingerprint"]
     expected = {
-        "tokenizer fingerprint": (manifest["tokenizer"]["fingerprint"], tokenizer_fingerprint),
+        "tokenizer fingerprint": (recorded, recorded if recorded in tokenizer_fingerprints else
+                                  tokenizer_fingerprints[0]),
         "vocab size": (manifest["tokenizer"]["vocab_size"], vocab_size),
         "max_seq_len": (manifest["max_seq_len"], max_seq_len),
     }
@@ -231,14 +240,14 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
         tokenizer = load_tokenizer(cfg.tokenizer)
     except TokenizerLoadError as e:
         raise DataError(f"data.tokenizer={e}") from None
-    tokenizer_fingerprint = fingerprint(tokenizer)
+    tokenizer_fingerprints = fingerprints(tokenizer)
     check_distinct_streams(cfg)
     manifests = {}
     for name, stream in cfg.streams.items():
         for split in splits:
             manifest = read_manifest(name, stream, split, cfg.download_timeout)
             check_manifest(f"stream {name!r} ({split})", manifest, tokenizer=cfg.tokenizer,
-                           tokenizer_fingerprint=tokenizer_fingerprint, vocab_size=len(tokenizer),
+                           tokenizer_fingerprints=tokenizer_fingerprints, vocab_size=len(tokenizer),
                            max_seq_len=cfg.max_seq_len)
             if manifest["counts"]["samples"] == 0:
                 if split == "train":
@@ -253,7 +262,7 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
     if "val" in splits and not any(split == "val" for _, split in manifests):
         raise DataError("no stream has val samples; reconvert with a larger --val-fraction")
     labels = label_vocabulary(manifests) if isinstance(cfg, ClassificationDataConfig) else None
-    return DataInfo(tokenizer, tokenizer_fingerprint, manifests, labels)
+    return DataInfo(tokenizer, tokenizer_fingerprints, manifests, labels)
 
 
 def check_distinct_streams(cfg: StreamingDataConfig) -> None:

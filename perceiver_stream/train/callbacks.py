@@ -156,10 +156,12 @@ class SampleLog(Callback):
 class ResumeGuard(Callback):
     """Stores in every checkpoint the settings that decide which samples and masks come next, and refuses to
     resume a checkpoint written with different ones: a changed global batch, seed or shuffle would otherwise
-    continue as a silently different run."""
+    continue as a silently different run. ``equivalents`` lists, for a setting, the recorded values that mean the
+    current one (the tokenizer's earlier fingerprint)."""
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, equivalents: dict[str, tuple] | None = None):
         self.settings = settings
+        self.equivalents = equivalents or {}
 
     def state_dict(self) -> dict:
         return {"settings": self.settings}
@@ -167,7 +169,8 @@ class ResumeGuard(Callback):
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("settings", {})
         changed = [f"{key}={saved[key]!r} in the checkpoint but {self.settings.get(key)!r} now"
-                   for key in sorted(saved) if saved[key] != self.settings.get(key)]
+                   for key in sorted(saved)
+                   if saved[key] != self.settings.get(key) and saved[key] not in self.equivalents.get(key, ())]
         if changed:
             raise ConfigError("cannot resume exactly: the checkpoint was written with other settings that decide the "
                              "order of samples and their masks: " + "; ".join(changed) +

@@ -42,7 +42,8 @@ def check_settings(source: str, pretrained: dict[str, Any], configured: dict[str
                           f"{'; '.join(differ)}; set them as in pretraining")
 
 
-def _from_transformers(source: Path, tokenizer_fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _from_transformers(source: Path, tokenizer_fingerprints: tuple[str, ...]) -> tuple[dict[str, torch.Tensor],
+                                                                                    dict[str, Any]]:
     """The weights (under our names) and settings of a transformers ``PerceiverForMaskedLM`` directory."""
     from transformers import PerceiverForMaskedLM
 
@@ -57,14 +58,15 @@ def _from_transformers(source: Path, tokenizer_fingerprint: str) -> tuple[dict[s
         tokenizer = load_tokenizer(str(source))
     except TokenizerLoadError:
         tokenizer = None  # a model saved without its tokenizer: the vocabulary size is still checked
-    if tokenizer is not None and fingerprint(tokenizer) != tokenizer_fingerprint:
+    if tokenizer is not None and fingerprint(tokenizer) not in tokenizer_fingerprints:
         raise ConfigError(f"model.encoder_from={source}: its tokenizer is not data.tokenizer (another fingerprint); "
                           "fine-tune on shards converted with the pretraining tokenizer")
     model = from_hf(hf_model)
     return model.state_dict(), dataclasses.asdict(model.config)
 
 
-def _from_checkpoint(source: Path, tokenizer_fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _from_checkpoint(source: Path, tokenizer_fingerprints: tuple[str, ...]) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, Any]]:
     """The weights and recorded ``model:`` settings of a checkpoint of ours (MLM or classifier)."""
     try:
         state = read_checkpoint(source)
@@ -75,22 +77,23 @@ def _from_checkpoint(source: Path, tokenizer_fingerprint: str) -> tuple[dict[str
         raise ConfigError(f"model.encoder_from={source}: this checkpoint does not record its run configuration "
                           "(written before perceiver-stream stored it); export it with perceiver-export --config and "
                           "pass the exported directory")
-    if recorded.tokenizer_fingerprint != tokenizer_fingerprint:
+    if recorded.tokenizer_fingerprint not in tokenizer_fingerprints:
         raise ConfigError(f"model.encoder_from={source} was trained with another tokenizer than data.tokenizer "
                           f"({recorded.config['data']['tokenizer']!r}, another fingerprint); fine-tune on shards "
                           "converted with the pretraining tokenizer")
     return model_weights(state), recorded.config["model"]
 
 
-def load_encoder(model: PerceiverClassifier, source: str, *, tokenizer_fingerprint: str) -> None:
-    """Copy the input adapter and encoder of ``source`` into ``model`` (and a classifier checkpoint's decoder)."""
+def load_encoder(model: PerceiverClassifier, source: str, *, tokenizer_fingerprints: tuple[str, ...]) -> None:
+    """Copy the input adapter and encoder of ``source`` into ``model`` (and a classifier checkpoint's decoder);
+    its tokenizer must have one of ``tokenizer_fingerprints`` (``data.tokenizer.fingerprints``)."""
     path = Path(source)
     if not path.exists():
         raise ConfigError(f"model.encoder_from={source}: no such checkpoint or directory")
     if path.is_dir() and (path / "config.json").exists():
-        weights, settings = _from_transformers(path, tokenizer_fingerprint)
+        weights, settings = _from_transformers(path, tokenizer_fingerprints)
     else:
-        weights, settings = _from_checkpoint(path, tokenizer_fingerprint)
+        weights, settings = _from_checkpoint(path, tokenizer_fingerprints)
     configured = dataclasses.asdict(model.config)
     check_settings(source, encoder_settings(settings), encoder_settings(configured))
     is_classifier = any(key.startswith("decoder.query") for key in weights)
@@ -109,7 +112,7 @@ def load_encoder(model: PerceiverClassifier, source: str, *, tokenizer_fingerpri
 
 
 def initial_classifier(config: PerceiverClassifierConfig, num_classes: int,
-                       tokenizer_fingerprint: str) -> PerceiverClassifier:
+                       tokenizer_fingerprints: tuple[str, ...]) -> PerceiverClassifier:
     """The classifier a run starts from: fresh (an untrained MLM's encoder), or ``config.encoder_from`` loaded;
     with ``config.freeze_encoder`` its input adapter and encoder frozen."""
     try:
@@ -117,7 +120,7 @@ def initial_classifier(config: PerceiverClassifierConfig, num_classes: int,
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.encoder_from is not None:
-        load_encoder(model, config.encoder_from, tokenizer_fingerprint=tokenizer_fingerprint)
+        load_encoder(model, config.encoder_from, tokenizer_fingerprints=tokenizer_fingerprints)
     if config.freeze_encoder:
         freeze_encoder(model)
     return model

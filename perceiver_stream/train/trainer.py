@@ -190,15 +190,17 @@ def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
 
 def probe_tasks(cfg: TrainConfig, info: DataInfo) -> list[ProbeTask]:
     """``callbacks.probes`` read and checked (a one-line ``ConfigError`` naming the key), before anything heavy."""
-    return [read_probe_task(name, path, tokenizer=cfg.data.tokenizer, tokenizer_fingerprint=info.tokenizer_fingerprint,
-                            vocab_size=len(info.tokenizer), max_seq_len=cfg.data.max_seq_len,
+    return [read_probe_task(name, path, tokenizer=cfg.data.tokenizer,
+                            tokenizer_fingerprints=info.tokenizer_fingerprints, vocab_size=len(info.tokenizer),
+                            max_seq_len=cfg.data.max_seq_len,
                             train_samples=cfg.callbacks.probe_train_samples, seed=cfg.seed)
             for name, path in cfg.callbacks.probes.items()]
 
 
 def build_callbacks(cfg: TrainConfig, info: DataInfo, probes: list[ProbeTask]) -> list:
+    guard = ResumeGuard(resume_settings(cfg, info), {"tokenizer fingerprint": info.tokenizer_fingerprints})
     callbacks = [SpeedMonitor(window_size=cfg.callbacks.speed_monitor_window), LRMonitor(), RuntimeEstimator(),
-                 OptimizerMonitor(), ResumeGuard(resume_settings(cfg, info)),
+                 OptimizerMonitor(), guard,
                  RunDescription(to_dict(cfg), info.tokenizer_fingerprint, info.labels, tokenizer_files(info.tokenizer)),
                  StopOnNonFiniteLoss(), FirstBatchTime(), CompileCache()]
     if not isinstance(cfg, ClassifierTrainConfig):
@@ -217,7 +219,7 @@ def build_callbacks(cfg: TrainConfig, info: DataInfo, probes: list[ProbeTask]) -
 def build_model(cfg: TrainConfig, info: DataInfo, *, wrap_activation_checkpointing: bool) -> ComposerModel:
     """The MLM, or for ``task: classification`` the classifier as ``model.encoder_from`` starts it."""
     if isinstance(cfg, ClassifierTrainConfig):
-        classifier = initial_classifier(cfg.model, len(info.labels), info.tokenizer_fingerprint)
+        classifier = initial_classifier(cfg.model, len(info.labels), info.tokenizer_fingerprints)
         return ComposerPerceiverClassifier(classifier, wrap_activation_checkpointing=wrap_activation_checkpointing)
     return ComposerPerceiverMLM(cfg.model, mask_token_id=info.tokenizer.mask_token_id,
                                 wrap_activation_checkpointing=wrap_activation_checkpointing)

@@ -107,13 +107,13 @@ def test_export_has_transformers_logits_and_label_names(mlm_checkpoint, tmp_path
 def test_an_mlm_checkpoint_loads_bitwise_and_a_fresh_encoder_is_an_untrained_mlm(mlm_checkpoint):
     path, mlm, weights, tokenizer_fingerprint = mlm_checkpoint
     cfg = classifier_config(mlm, f"model.encoder_from={path}")
-    model = initial_classifier(cfg.model, 2, tokenizer_fingerprint)
+    model = initial_classifier(cfg.model, 2, (tokenizer_fingerprint,))
     assert_encoder_equal(model, weights)
     assert all(p.requires_grad for p in model.parameters())
 
     fresh_cfg = classifier_config(mlm)
     torch.manual_seed(5)
-    fresh = initial_classifier(fresh_cfg.model, 2, tokenizer_fingerprint)
+    fresh = initial_classifier(fresh_cfg.model, 2, (tokenizer_fingerprint,))
     torch.manual_seed(5)
     from perceiver_stream.model.config import mlm_config_for
     from perceiver_stream.model.mlm import PerceiverMLM
@@ -124,7 +124,7 @@ def test_an_mlm_checkpoint_loads_bitwise_and_a_fresh_encoder_is_an_untrained_mlm
 def test_frozen_encoder_takes_no_gradient(mlm_checkpoint):
     path, mlm, weights, tokenizer_fingerprint = mlm_checkpoint
     cfg = classifier_config(mlm, f"model.encoder_from={path}", "model.freeze_encoder=true")
-    model = initial_classifier(cfg.model, 2, tokenizer_fingerprint)
+    model = initial_classifier(cfg.model, 2, (tokenizer_fingerprint,))
     frozen = {id(p) for p in model.encoder_parameters()}
     assert all(p.requires_grad == (id(p) not in frozen) for p in model.parameters())
     logits = model(torch.randint(7, 32000, (2, 16)))
@@ -138,7 +138,8 @@ def test_sharded_and_transformers_checkpoints_load_bitwise(mlm_checkpoint, tmp_p
     state = torch.load(path, weights_only=False)
     sharded = tmp_path / "ep0-ba10"  # the directory torch.distributed.checkpoint writes for sharded checkpoints
     dcp.save(state, checkpoint_id=sharded, no_dist=True)
-    model = initial_classifier(classifier_config(mlm, f"model.encoder_from={sharded}").model, 2, tokenizer_fingerprint)
+    model = initial_classifier(classifier_config(mlm, f"model.encoder_from={sharded}").model, 2,
+                               (tokenizer_fingerprint,))
     assert_encoder_equal(model, weights)
 
     from perceiver_stream.export import load_checkpoint_model
@@ -146,14 +147,15 @@ def test_sharded_and_transformers_checkpoints_load_bitwise(mlm_checkpoint, tmp_p
     hf_dir = tmp_path / "hf"
     to_hf(load_checkpoint_model(path, mlm.model)).save_pretrained(hf_dir)
     AutoTokenizer.from_pretrained(mlm.data.tokenizer).save_pretrained(hf_dir)
-    model = initial_classifier(classifier_config(mlm, f"model.encoder_from={hf_dir}").model, 2, tokenizer_fingerprint)
+    model = initial_classifier(classifier_config(mlm, f"model.encoder_from={hf_dir}").model, 2,
+                               (tokenizer_fingerprint,))
     assert_encoder_equal(model, weights)
 
 
 def test_a_classifier_checkpoint_brings_its_decoder(mlm_checkpoint, tmp_path):
     path, mlm, _, tokenizer_fingerprint = mlm_checkpoint
     cfg = classifier_config(mlm, f"model.encoder_from={path}")
-    first = initial_classifier(cfg.model, 2, tokenizer_fingerprint)
+    first = initial_classifier(cfg.model, 2, (tokenizer_fingerprint,))
     with torch.no_grad():
         for param in first.parameters():
             param.add_(0.5)
@@ -162,12 +164,12 @@ def test_a_classifier_checkpoint_brings_its_decoder(mlm_checkpoint, tmp_path):
     torch.save({"state": {"model": ComposerPerceiverClassifier(first).state_dict(),
                           "callbacks": {"RunDescription": description}}}, checkpoint)
     second = initial_classifier(classifier_config(mlm, f"model.encoder_from={checkpoint}").model, 2,
-                                tokenizer_fingerprint)
+                                (tokenizer_fingerprint,))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(),
                                                    strict=True))
     with pytest.raises(ConfigError, match="a classifier of 2 classes, the shards have 5 labels"):
         initial_classifier(classifier_config(mlm, f"model.encoder_from={checkpoint}").model, 5,
-                           tokenizer_fingerprint)
+                           (tokenizer_fingerprint,))
 
 
 @pytest.mark.parametrize("override, message", [
@@ -179,7 +181,7 @@ def test_an_encoder_of_another_shape_is_named(mlm_checkpoint, override, message)
     path, mlm, _, tokenizer_fingerprint = mlm_checkpoint
     cfg = classifier_config(mlm, f"model.encoder_from={path}", override)
     with pytest.raises(ConfigError) as error:
-        initial_classifier(cfg.model, 2, tokenizer_fingerprint)
+        initial_classifier(cfg.model, 2, (tokenizer_fingerprint,))
     assert message.format(path=path) in str(error.value) and "\n" not in str(error.value)
 
 
@@ -187,6 +189,6 @@ def test_an_encoder_of_another_tokenizer_is_refused(mlm_checkpoint, tmp_path):
     path, mlm, _, _ = mlm_checkpoint
     cfg = classifier_config(mlm, f"model.encoder_from={path}")
     with pytest.raises(ConfigError, match="was trained with another tokenizer than data.tokenizer"):
-        initial_classifier(cfg.model, 2, "a fingerprint of another tokenizer")
+        initial_classifier(cfg.model, 2, ("a fingerprint of another tokenizer", "and its earlier one"))
     with pytest.raises(ConfigError, match="no such checkpoint or directory"):
-        initial_classifier(classifier_config(mlm, f"model.encoder_from={tmp_path}/nothing").model, 2, "x")
+        initial_classifier(classifier_config(mlm, f"model.encoder_from={tmp_path}/nothing").model, 2, ("x",))

@@ -14,7 +14,7 @@ import torch
 from perceiver_stream.checkpoint import model_weights, read_checkpoint
 from perceiver_stream.config import ConfigError, load
 from perceiver_stream.data.format import PADDING
-from perceiver_stream.data.tokenizer import fingerprint, load_tokenizer
+from perceiver_stream.data.tokenizer import fingerprints, load_tokenizer
 from perceiver_stream.model import PerceiverMLM
 from perceiver_stream.probe import LabelledSamples, latent_features, logistic_regression, read_probe_task
 from perceiver_stream.train.config import build_train_config
@@ -27,7 +27,7 @@ def tokenizer_settings(name: str = "xlnet-base-cased") -> dict:
     """``read_probe_task``'s tokenizer keywords for a run with ``data.tokenizer`` the shared ``name``."""
     path = str(shared_path(f"tokenizers/{name}"))
     tokenizer = load_tokenizer(path)
-    return {"tokenizer": path, "tokenizer_fingerprint": fingerprint(tokenizer), "vocab_size": len(tokenizer)}
+    return {"tokenizer": path, "tokenizer_fingerprints": fingerprints(tokenizer), "vocab_size": len(tokenizer)}
 
 
 def random_state() -> tuple:

@@ -53,3 +53,12 @@ def test_another_tokenizer_is_guarded_and_other_settings_are_not():
         ResumeGuard(settings(fingerprint="0" * 64)).load_state_dict(saved)
     ResumeGuard(settings(*UNGUARDED)).load_state_dict(saved)  # free to change between restarts
     assert set(saved["settings"]) == set(CHANGES.values()) | {"tokenizer fingerprint"}
+
+
+def test_a_checkpoint_that_recorded_the_tokenizers_earlier_fingerprint_resumes():
+    """Checkpoints of earlier releases recorded ``legacy_fingerprint``; the same tokenizer resumes them, another not."""
+    saved = ResumeGuard(settings(fingerprint="1" * 64)).state_dict()
+    ResumeGuard(settings(fingerprint="0" * 64), {"tokenizer fingerprint": ("0" * 64, "1" * 64)}).load_state_dict(saved)
+    with pytest.raises(ConfigError, match="tokenizer fingerprint='1{64}' in the checkpoint but '0{64}' now"):
+        ResumeGuard(settings(fingerprint="0" * 64), {"tokenizer fingerprint": ("0" * 64, "2" * 64)}).load_state_dict(
+            saved)
