@@ -3,7 +3,9 @@
 # "GPU"): Python 3.12 with nothing but torch 2.11 and transformers 5 (and pytest, which --smoke's tiny model config
 # imports from the tests), the staged wheels installed the way README says, then bench/gpu_check.py --smoke.
 # A wheel the GPU run would lack, or an API that torch 2.11 or transformers 5 changed, shows up here, before any
-# device time is spent. Exit status 1 when a part errs or is skipped for a missing package.
+# device time is spent. Then a checkpoint between the two stacks: mlm_tiny trained 6 batches with this project's venv
+# (torch 2.7, transformers 4.57), resumed for 2 more in each stack, and exported in each: the weights must agree to
+# float rounding and the exported models' logits exactly. Exit status 1 when any of it fails.
 #   PYTHON312=~/.pyenv/versions/3.12.1/bin/python bench/gpu_rehearse.sh   (first run: ~5 GB of torch, a few minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,3 +37,51 @@ if problems:
     sys.exit(1)
 print(f"gpu_rehearse.sh: every part of gpu_check.py --smoke ran under {versions} with the staged wheels")
 EOF
+
+PROJECT_PYTHON="${PROJECT_PYTHON:-.venv/bin/python}"
+work="$DIR/checkpoint"
+rm -rf "$work" && mkdir -p "$work"
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1
+"$PROJECT_PYTHON" -m convert.cli text --input "$(ls .gpu/corpus/* | head -1)" --tokenizer .gpu/xlnet-base-cased \
+  --max-seq-len 128 --out "$work/shards" > /dev/null
+train() {  # train PYTHON PYTHONPATH FOLDER BATCHES
+  PYTHONPATH="$2" "$1" train.py yamls/mlm_tiny.yaml "data.streams.wikipedia.local=$work/shards" \
+    data.streams.bookcorpus=null data.tokenizer=.gpu/xlnet-base-cased "max_duration=$4ba" "save_folder=$3" \
+    save_interval=2ba "loggers.tensorboard.log_dir=$3-tb" progress_bar=false autoresume=true > "$3.log" 2>&1 \
+    || { tail -5 "$3.log" >&2; exit 1; }
+}
+train "$PROJECT_PYTHON" "" "$work/here" 6
+cp -r "$work/here" "$work/there"
+train "$PROJECT_PYTHON" "" "$work/here" 8
+train "$DIR/venv/bin/python" "$DIR/site" "$work/there" 8
+"$PROJECT_PYTHON" -m perceiver_stream.export "$work/here/ep0-ba8-rank0.pt" --out "$work/hf-here" > /dev/null 2>&1
+PYTHONPATH="$DIR/site" "$DIR/venv/bin/python" -m perceiver_stream.export "$work/here/ep0-ba8-rank0.pt" \
+  --out "$work/hf-there" > /dev/null 2>&1
+logits='import sys, torch; from transformers import PerceiverForMaskedLM as M
+ids = torch.arange(5, 133).reshape(1, 128) * 7 % 32000
+torch.save(M.from_pretrained(sys.argv[1]).eval()(input_ids=ids).logits.detach(), sys.argv[2])'
+"$PROJECT_PYTHON" -c "$logits" "$work/hf-here" "$work/logits-here.pt" 2> /dev/null
+PYTHONPATH="$DIR/site" "$DIR/venv/bin/python" -c "$logits" "$work/hf-there" "$work/logits-there.pt" 2> /dev/null
+"$PROJECT_PYTHON" - "$work" <<'PY'
+import sys
+from pathlib import Path
+
+import torch
+
+from perceiver_stream.checkpoint import model_weights, read_checkpoint
+
+work = Path(sys.argv[1])
+start, here, there = (model_weights(read_checkpoint(work / name)) for name in
+                      ("here/ep0-ba6-rank0.pt", "here/ep0-ba8-rank0.pt", "there/ep0-ba8-rank0.pt"))
+
+
+def distance(a: dict, b: dict) -> float:
+    return sum(float((a[k] - b[k]).double().square().sum()) for k in a) ** 0.5
+
+
+apart = distance(here, there) / distance(here, start)
+same_logits = torch.equal(torch.load(work / "logits-here.pt"), torch.load(work / "logits-there.pt"))
+print(f"gpu_rehearse.sh: a torch 2.7 checkpoint resumed under each stack: 2 batches later the weights are "
+      f"{apart:.1e} of the distance they moved apart; exported under each, logits equal: {same_logits}")
+sys.exit(0 if apart < 1e-4 and same_logits else 1)
+PY
