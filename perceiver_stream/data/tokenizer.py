@@ -47,15 +47,19 @@ def fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     transformers and tokenizers releases (transformers 5 drops a flag of ``<mask>`` and lists no
     ``additional_special_tokens``; the Unigram scores are written with other digits) while encoding every text the
     same, and shards converted on one machine must train on another."""
+    vocab = tokenizer.get_vocab()
+    pieces = sorted(vocab)
     specials = sorted(set(tokenizer.all_special_tokens))
     texts = [*FINGERPRINT_TEXTS, *(f"a {token} b{token}c" for token in specials)]
     identity = {
-        "vocab": sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0])),
+        "piece ids": [vocab[piece] for piece in pieces],
         "specials": {name: str(getattr(tokenizer, name, None)) for name in SPECIAL_ATTRIBUTES},
         "all_specials": specials,
         "ids": [tokenizer(texts, add_special_tokens=added)["input_ids"] for added in (False, True)],
     }
-    return hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode()).hexdigest()
+    digest = hashlib.sha256("\0".join(pieces).encode())  # the pieces in sorted order, then what each one is
+    digest.update(json.dumps(identity, ensure_ascii=False).encode())
+    return digest.hexdigest()
 
 
 def legacy_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:

@@ -94,6 +94,8 @@ def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
     assert (reference_ms - 0.005) / (ours_ms + 0.005) - 0.005 <= lamb["speedup"] <= \
         (reference_ms + 0.005) / (ours_ms - 0.005) + 0.005, lamb
     assert printed["train"]["fsdp2"]["tokens_per_s"] > 0, printed["train"]
+    log = (tmp_path / "result-train-fsdp2.log").read_text()  # the run's whole output, kept beside --out
+    assert "Train throughput/tokens_per_sec" in log and "Eval metrics/eval/MaskTokenAccuracy" in log
 
 
 def test_wheel_list_pins_what_this_project_installs():
