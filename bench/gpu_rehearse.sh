@@ -31,7 +31,7 @@ import sys
 result = json.load(open(sys.argv[1]))
 versions = f"torch {result['torch']}"
 problems = [f"{part}: {entry}" for part in ("model", "compile", "lamb", "train") for entry in [result[part]]
-            if "error" in entry or "skipped" in entry or "error" in json.dumps(entry)]
+            if "skipped" in entry or "error" in json.dumps(entry)]
 if problems:
     print("gpu_rehearse.sh: " + "; ".join(problems)[:2000], file=sys.stderr)
     sys.exit(1)

@@ -28,8 +28,9 @@ def plan(wheels: list[Path]) -> tuple[list[Path], dict[str, str]]:
     """The wheels to install, and ``{distribution: installed version}`` of those this interpreter already has."""
     install, kept = [], {}
     for wheel in wheels:
+        name = distribution(wheel)
         try:
-            kept[distribution(wheel)] = importlib.metadata.version(distribution(wheel))
+            kept[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             install.append(wheel)
     return install, kept

@@ -151,18 +151,16 @@ def check_manifest(what: str, manifest: dict, *, tokenizer: str, tokenizer_finge
     """Refuse shards converted with another tokenizer, vocabulary or sequence length than the run's (``tokenizer``
     is ``data.tokenizer``, ``tokenizer_fingerprints`` its fingerprints, any of which the shards may record); ``what``
     names the shards in the error (a stream and split, a key)."""
-    recorded = manifest["tokenizer"]["fingerprint"]
-    expected = {
-        "tokenizer fingerprint": (recorded, recorded if recorded in tokenizer_fingerprints else
-                                  tokenizer_fingerprints[0]),
-        "vocab size": (manifest["tokenizer"]["vocab_size"], vocab_size),
-        "max_seq_len": (manifest["max_seq_len"], max_seq_len),
+    found_and_accepted = {
+        "tokenizer fingerprint": (manifest["tokenizer"]["fingerprint"], tokenizer_fingerprints),
+        "vocab size": (manifest["tokenizer"]["vocab_size"], (vocab_size,)),
+        "max_seq_len": (manifest["max_seq_len"], (max_seq_len,)),
     }
-    for setting, (found, configured) in expected.items():
-        if found != configured:
+    for setting, (found, accepted) in found_and_accepted.items():
+        if found not in accepted:
             raise DataError(
                 f"{what}: shards have {setting} {found} (tokenizer {manifest['tokenizer']['name']!r}) but the "
-                f"configuration has {configured} (data.tokenizer={tokenizer!r}, data.max_seq_len={max_seq_len}); "
+                f"configuration has {accepted[0]} (data.tokenizer={tokenizer!r}, data.max_seq_len={max_seq_len}); "
                 "reconvert with the run's tokenizer and max_seq_len, or fix the configuration"
             )
 
