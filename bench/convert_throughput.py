@@ -23,11 +23,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from convert.hub import HubSpec
-from convert.input import Stats
-from convert.sources import Source, expand_inputs
-from convert.tokenizer import load_tokenizer
-from convert.writer import Options, convert
+from perceiver_stream.convert.hub import HubSpec
+from perceiver_stream.convert.input import Stats
+from perceiver_stream.convert.sources import Source, expand_inputs
+from perceiver_stream.convert.tokenizer import load_tokenizer
+from perceiver_stream.convert.writer import Options, convert
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 _documents: list[str] = []

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, DataCollatorForWholeWordMask
 
-from convert.input import Stats
-from convert.sources import Source, expand_inputs
-from convert.writer import Options, convert
 from perceiver_stream.config import build
+from perceiver_stream.convert.input import Stats
+from perceiver_stream.convert.sources import Source, expand_inputs
+from perceiver_stream.convert.writer import Options, convert
 from perceiver_stream.data import DataConfig, build_dataloader, prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

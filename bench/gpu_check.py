@@ -335,8 +335,8 @@ def corpus_and_tokenizer(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> dict:
     require("composer", "streaming", "omegaconf")
-    from convert.sources import Source
-    from convert.writer import Options, convert
+    from perceiver_stream.convert.sources import Source
+    from perceiver_stream.convert.writer import Options, convert
 
     corpus, tokenizer = corpus_and_tokenizer(args)
     seq_len = 32 if smoke else SEQ_LEN

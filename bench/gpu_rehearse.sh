@@ -42,7 +42,7 @@ PROJECT_PYTHON="${PROJECT_PYTHON:-.venv/bin/python}"
 work="$DIR/checkpoint"
 rm -rf "$work" && mkdir -p "$work"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1
-"$PROJECT_PYTHON" -m convert.cli text --input "$(ls .gpu/corpus/* | head -1)" --tokenizer .gpu/xlnet-base-cased \
+"$PROJECT_PYTHON" -m perceiver_stream.convert.cli text --input "$(ls .gpu/corpus/* | head -1)" --tokenizer .gpu/xlnet-base-cased \
   --max-seq-len 128 --out "$work/shards" > /dev/null
 train() {  # train PYTHON PYTHONPATH FOLDER BATCHES
   PYTHONPATH="$2" "$1" train.py yamls/mlm_tiny.yaml "data.streams.wikipedia.local=$work/shards" \

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from convert.input import Stats
-from convert.packing import Packer, tokenize
-from convert.sources import Source
 from perceiver_stream.config import build
+from perceiver_stream.convert.input import Stats
+from perceiver_stream.convert.packing import Packer, tokenize
+from perceiver_stream.convert.sources import Source
 from perceiver_stream.data.format import WORD_CONTINUATION, is_word_token
 from perceiver_stream.data.masking import IGNORE_INDEX, MaskingConfig, MLMCollator
 from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig

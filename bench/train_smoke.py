@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from convert.sources import Source
-from convert.writer import Options, convert
+from perceiver_stream.convert.sources import Source
+from perceiver_stream.convert.writer import Options, convert
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

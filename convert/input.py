@@ -1,5 +1,5 @@
-"""What every reader of raw input shares, local files (``convert.sources``) and hub datasets (``convert.hub``)
-alike: the error for bad input and the counts of what reading saw."""
+"""What every reader of raw input shares, local files (``perceiver_stream.convert.sources``) and hub datasets
+(``perceiver_stream.convert.hub``) alike: the error for bad input and the counts of what reading saw."""
 
 from __future__ import annotations
 
@@ -29,3 +29,8 @@ class Stats:
         """Files whose share of replaced (undecodable) bytes exceeds ``max_fraction``, worst first."""
         fractions = {f: n / max(self.decoded_bytes[f], 1) for f, n in self.replaced_by_file.items()}
         return sorted(((f, x) for f, x in fractions.items() if x > max_fraction), key=lambda fx: -fx[1])
+
+    def source_counts(self) -> dict:
+        """The counts every manifest records of its input (``perceiver_stream.convert.output.write_manifest``)."""
+        return {"documents_skipped": dict(sorted(self.skipped.items())),
+                "undecodable_bytes_replaced": self.replaced_bytes, "files_not_text": self.not_text_files}

@@ -9,7 +9,7 @@ from pathlib import Path
 from streaming import StreamingDataset
 from transformers import AutoTokenizer
 
-from convert.input import InputError
+from perceiver_stream.convert.input import InputError
 from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, PADDING, SPECIAL, TYPES_COLUMN, WORD_START
 from perceiver_stream.data.shared_memory import shared_memory_registration
 

@@ -24,18 +24,21 @@ from pathlib import Path
 import numpy as np
 from streaming import MDSWriter
 
-import perceiver_stream
-from convert.input import InputError, Stats
-from convert.output import check_output, check_remote_output, upload_output, written_atomically
-from convert.packing import token_dtype, tokenize
-from convert.sources import MAX_REPLACED_FRACTION, decode, expand_inputs
-from convert.tokenizer import describe, load_tokenizer, separator_id
-from convert.writer import is_val
+from perceiver_stream.convert.input import InputError, Stats
+from perceiver_stream.convert.output import (
+    check_output,
+    check_remote_output,
+    upload_output,
+    write_manifest,
+    written_atomically,
+)
+from perceiver_stream.convert.packing import token_dtype, tokenize
+from perceiver_stream.convert.sources import MAX_REPLACED_FRACTION, decode, expand_inputs
+from perceiver_stream.convert.tokenizer import describe, load_tokenizer, separator_id
+from perceiver_stream.convert.writer import is_val
 from perceiver_stream.data.format import (
     IDS_COLUMN,
     LABEL_COLUMN,
-    MANIFEST,
-    MANIFEST_FORMAT,
     PADDING,
     SPECIAL,
     SPLITS,
@@ -60,6 +63,10 @@ class LabelledStats(Stats):
     """What reading saw, plus the documents kept out by label (the Rotten Tomatoes plot summaries)."""
 
     excluded_labels: Counter = field(default_factory=Counter)
+
+    def source_counts(self) -> dict:
+        return {**super().source_counts(),
+                "documents_excluded_by_label": dict(sorted(self.excluded_labels.items()))}
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -263,10 +270,14 @@ def convert_labelled(documents: Iterable[LabelledDocument], out: Path, *, tokeni
         manifests = {}
         for name, split in splits.items():
             split.writer.finish()
-            manifests[name] = _manifest(name, split, source=source, tokenizer_info=tokenizer_info,
-                                        max_seq_len=max_seq_len, val_fraction=val_fraction, labels=vocabulary,
-                                        stats=stats, total=len(documents))
-            (partial / name / MANIFEST).write_text(json.dumps(manifests[name], indent=2, sort_keys=True) + "\n")
+            counts = {"documents": split.documents, "tokens": split.tokens, "samples": split.documents,
+                      "padding_tokens": split.padding_tokens, "dropped_tokens": split.truncated_tokens,
+                      "truncated_documents": split.truncated_documents,
+                      "labels": {label: split.label_counts[label] for label in vocabulary}}
+            manifests[name] = write_manifest(
+                partial / name, split=name, tokenizer_info=tokenizer_info, max_seq_len=max_seq_len, source=source,
+                arguments={"max_seq_len": max_seq_len, "val_fraction": val_fraction}, counts=counts, stats=stats,
+                documents_converted=len(documents), task="classification", labels=vocabulary)
     counts = {name: m["counts"] for name, m in manifests.items()}
     print(f"converted {len(documents):,} labelled documents in {time.monotonic() - start:.1f}s -> "
           f"train {counts['train']['samples']:,}, val {counts['val']['samples']:,} samples; labels {vocabulary}; "
@@ -277,35 +288,3 @@ def convert_labelled(documents: Iterable[LabelledDocument], out: Path, *, tokeni
     if remote is not None:
         upload_output(out, remote, previous)
     return manifests
-
-
-def _manifest(name: str, split: _Split, *, source: dict, tokenizer_info: dict, max_seq_len: int,
-              val_fraction: float, labels: list[str], stats: LabelledStats, total: int) -> dict:
-    return {
-        "format": MANIFEST_FORMAT,
-        "package_version": perceiver_stream.__version__,
-        "split": name,
-        "task": "classification",
-        "labels": labels,
-        "tokenizer": tokenizer_info,
-        "max_seq_len": max_seq_len,
-        "token_dtype": token_dtype(tokenizer_info["vocab_size"]),
-        "source": source,
-        "arguments": {"max_seq_len": max_seq_len, "val_fraction": val_fraction},
-        "counts": {
-            "documents": split.documents,
-            "tokens": split.tokens,
-            "samples": split.documents,
-            "padding_tokens": split.padding_tokens,
-            "dropped_tokens": split.truncated_tokens,
-            "truncated_documents": split.truncated_documents,
-            "labels": {label: split.label_counts[label] for label in labels},
-        },
-        "source_counts": {
-            "documents_converted": total,
-            "documents_skipped": dict(sorted(stats.skipped.items())),
-            "documents_excluded_by_label": dict(sorted(stats.excluded_labels.items())),
-            "undecodable_bytes_replaced": stats.replaced_bytes,
-            "files_not_text": stats.not_text_files,
-        },
-    }

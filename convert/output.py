@@ -12,7 +12,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from convert.input import InputError
+import perceiver_stream
+from perceiver_stream.convert.input import InputError, Stats
+from perceiver_stream.convert.packing import token_dtype
 from perceiver_stream.data.format import MANIFEST, MANIFEST_FORMAT, SPLITS
 from perceiver_stream.remote import delete, download, is_remote, list_objects, upload
 
@@ -51,6 +53,27 @@ def written_atomically(out: Path) -> Iterator[Path]:
         shutil.rmtree(trash)
     else:
         os.replace(partial, out)
+
+
+def write_manifest(split_dir: Path, *, split: str, tokenizer_info: dict, max_seq_len: int, source: dict,
+                   arguments: dict, counts: dict, stats: Stats, documents_converted: int, **extra) -> dict:
+    """Write one split's ``manifest.json`` (what the trainer checks shards against: format, tokenizer, sequence
+    length) and return it; ``extra`` holds what a kind of conversion adds (a classifier's labels)."""
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "package_version": perceiver_stream.__version__,
+        "split": split,
+        "tokenizer": tokenizer_info,
+        "max_seq_len": max_seq_len,
+        "token_dtype": token_dtype(tokenizer_info["vocab_size"]),
+        "source": source,
+        "arguments": arguments,
+        "counts": counts,
+        "source_counts": {"documents_converted": documents_converted, **stats.source_counts()},
+        **extra,
+    }
+    (split_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
 
 
 def _output_layout(out: Path) -> list[Path]:

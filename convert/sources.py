@@ -1,4 +1,4 @@
-"""Documents from raw corpora: local files of several formats (hub datasets: ``convert.hub``).
+"""Documents from raw corpora: local files of several formats (hub datasets: ``perceiver_stream.convert.hub``).
 
 Every reader yields raw documents in a fixed order; what it cannot use it counts in ``Stats.skipped`` with a
 reason, so nothing disappears silently. Readers that fail on bad input name the file (and line).
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 
-from convert.hub import HubSpec, documents
-from convert.input import InputError, Stats
+from perceiver_stream.convert.hub import HubSpec, documents
+from perceiver_stream.convert.input import InputError, Stats
 
 MAX_REPLACED_FRACTION = 0.001  # default share of a file's bytes that may be undecodable (not UTF-8)
 FORMATS = ("auto", "txt", "jsonl", "parquet", "wikiextractor", "gutenberg", "wikidump")
@@ -249,7 +249,7 @@ def deal_files(files: tuple[str, ...], workers: int) -> list[list[str]]:
 class Source:
     """What to read, picklable so each worker process can open it itself. All but ``kind`` are keyword-only.
 
-    ``kind`` "files": local ``files`` of format ``fmt``; "hub": the dataset ``hub`` (``convert.hub``), split
+    ``kind`` "files": local ``files`` of format ``fmt``; "hub": the dataset ``hub`` (``hub.py``), split
     ``hub_split``, read as a stream with ``streaming``; ``hub_commit`` is the commit its revision resolved to
     when the conversion started (every worker reads that one).
     """
@@ -281,7 +281,7 @@ class Source:
 
         ``share=(k, n)``: worker k of n. With at least n files, worker k reads whole files (``deal_files``: no
         worker reads input it does not convert); with fewer, each reads every file and keeps (and renders, which
-        is not cheap for wikitext) documents k, k + n, ...; of a hub dataset, its rows (``convert.hub``).
+        is not cheap for wikitext) documents k, k + n, ...; of a hub dataset, its rows (``hub.py``).
         """
         k, n = share
         if self.kind == "hub":

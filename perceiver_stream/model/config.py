@@ -6,7 +6,9 @@ Field names and meanings follow the blueprint command (``--model.encoder.num_sel
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 # torch.compile backends model.compile_backend takes: inductor (code generation), cudagraphs (CUDA graphs, no
 # code generation), aot_eager (traced and partitioned, run by eager kernels), eager (traced only).
@@ -210,3 +212,24 @@ class PerceiverClassifierConfig(PerceiverConfig):
             raise ValueError(f"model.num_classes={self.num_classes}: a classifier needs at least 2 classes")
         if not 0.0 <= self.decoder.dropout < 1.0:
             raise ValueError(f"model.decoder.dropout={self.decoder.dropout} must be in [0, 1)")
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_settings(recorded: dict[str, Any], configured: dict[str, Any], *, ignore: Collection[str],
+                       sections: Collection[str] | None = None) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded value, configured value)`` for each ``model:`` key (``encoder.num_latents`` style) whose value
+    in a checkpoint's recorded settings differs from the run's, sorted: what resuming and fine-tuning refuse. Keys in
+    ``ignore`` may differ; with ``sections``, only keys whose first part is one of them are compared."""
+    found, now = _flat(recorded), _flat(configured)
+    return [(key, found.get(key), now.get(key)) for key in sorted(set(found) | set(now))
+            if key not in ignore and (sections is None or key.split(".")[0] in sections)
+            and found.get(key) != now.get(key)]

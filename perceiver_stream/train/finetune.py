@@ -18,25 +18,18 @@ from perceiver_stream.config import ConfigError
 from perceiver_stream.data.tokenizer import TokenizerLoadError, fingerprint, load_tokenizer
 from perceiver_stream.errors import first_line
 from perceiver_stream.model.classifier import PerceiverClassifier, build_classifier, encoder_state, freeze_encoder
-from perceiver_stream.model.config import RUNTIME_KEYS, PerceiverClassifierConfig, PerceiverConfig
-
-
-def encoder_settings(model: dict[str, Any]) -> dict[str, Any]:
-    """The ``PerceiverConfig`` keys of a ``model:`` section (flattened, ``encoder.*`` included) that must match
-    between pretraining and fine-tuning."""
-    flat = {}
-    for field in dataclasses.fields(PerceiverConfig):
-        value = model.get(field.name)
-        if field.name == "encoder":
-            flat.update({f"encoder.{k}": v for k, v in (value or {}).items()})
-        else:
-            flat[field.name] = value
-    return {key: value for key, value in flat.items() if key not in RUNTIME_KEYS}
+from perceiver_stream.model.config import (
+    RUNTIME_KEYS,
+    PerceiverClassifierConfig,
+    PerceiverConfig,
+    differing_settings,
+)
 
 
 def check_settings(source: str, pretrained: dict[str, Any], configured: dict[str, Any]) -> None:
-    differ = [f"model.{key}={configured.get(key)!r} but {source} has {value!r}"
-              for key, value in pretrained.items() if configured.get(key) != value]
+    """The encoder's settings (``PerceiverConfig``'s keys, the decoder aside) must be pretraining's."""
+    differ = [f"model.{key}={now!r} but {source} has {found!r}" for key, found, now in differing_settings(
+        pretrained, configured, ignore=RUNTIME_KEYS, sections={f.name for f in dataclasses.fields(PerceiverConfig)})]
     if differ:
         raise ConfigError(f"model.encoder_from={source}: the encoder was trained with other settings: "
                           f"{'; '.join(differ)}; set them as in pretraining")
@@ -95,7 +88,7 @@ def load_encoder(model: PerceiverClassifier, source: str, *, tokenizer_fingerpri
     else:
         weights, settings = _from_checkpoint(path, tokenizer_fingerprints)
     configured = dataclasses.asdict(model.config)
-    check_settings(source, encoder_settings(settings), encoder_settings(configured))
+    check_settings(source, settings, configured)
     is_classifier = any(key.startswith("decoder.query") for key in weights)
     wanted = model.state_dict() if is_classifier else encoder_state(model.state_dict())
     if is_classifier and len(weights["decoder.linear.bias"]) != model.config.num_classes:

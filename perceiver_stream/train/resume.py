@@ -25,7 +25,7 @@ import torch
 import xxhash
 
 from perceiver_stream.digest import update_with_file
-from perceiver_stream.model.config import RUNTIME_KEYS
+from perceiver_stream.model.config import RUNTIME_KEYS, differing_settings
 
 log = logging.getLogger(__name__)
 
@@ -203,16 +203,6 @@ def fetch_intact(remote: str, name: str, local: Path) -> Path:
 FREE_MODEL_KEYS = (*RUNTIME_KEYS, "decoder.dropout", "encoder_from", "freeze_encoder")
 
 
-def _flat(settings: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def recorded_model_settings(checkpoint: Path) -> dict | None:
     """The ``model:`` section a checkpoint records (None for one that records none). A ``.pt`` file is memory-mapped,
     so only the small pickled part is read; a sharded checkpoint is gathered (``read_checkpoint``)."""
@@ -232,9 +222,8 @@ def check_model_settings(checkpoint: Path, model: dict) -> None:
     recorded = recorded_model_settings(checkpoint)
     if recorded is None:
         return
-    found, now = _flat(recorded), _flat(model)
-    differ = [f"model.{key}={found.get(key)!r}, this run has {now.get(key)!r}" for key in sorted(set(found) | set(now))
-              if key not in FREE_MODEL_KEYS and found.get(key) != now.get(key)]
+    differ = [f"model.{key}={found!r}, this run has {now!r}"
+              for key, found, now in differing_settings(recorded, model, ignore=FREE_MODEL_KEYS)]
     if differ:
         from perceiver_stream.config import ConfigError
 

@@ -17,10 +17,10 @@ import pytest
 from streaming import StreamingDataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from convert.cli import main
-from convert.input import Stats
-from convert.sources import Source
-from convert.writer import Options, close_worker_pool, convert, is_val
+from perceiver_stream.convert.cli import main
+from perceiver_stream.convert.input import Stats
+from perceiver_stream.convert.sources import Source
+from perceiver_stream.convert.writer import Options, close_worker_pool, convert, is_val
 from perceiver_stream.data.format import PADDING, SPECIAL
 from perceiver_stream.data.shared_memory import shared_memory_registration
 from perceiver_stream.data.tokenizer import fingerprint
@@ -228,8 +228,8 @@ def test_tokenizer_without_mask_token_is_refused(tmp_path, capsys):
 def test_killed_conversion_leaves_nothing_that_looks_finished(tmp_path):
     books = str(shared_path("corpora/books"))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "convert", "text", "--input", books, "--tokenizer", xlnet(), "--out", str(out),
-           "--workers", "1"]
+    cmd = [sys.executable, "-m", "perceiver_stream.convert", "text", "--input", books, "--tokenizer", xlnet(),
+           "--out", str(out), "--workers", "1"]
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = tmp_path / ".out.partial"
     deadline = time.monotonic() + 60
@@ -273,8 +273,8 @@ def test_killing_the_converter_stops_its_workers(tmp_path, sig):
     fifo = tmp_path / "doc.txt"
     os.mkfifo(fifo)  # every worker blocks opening it: they are alive and busy when the parent is killed
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "convert", "text", "--input", str(fifo), "--format", "txt",
-                                "--tokenizer", xlnet(), "--out", str(out), "--workers", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "perceiver_stream.convert", "text", "--input", str(fifo),
+                                "--format", "txt", "--tokenizer", xlnet(), "--out", str(out), "--workers", "2"],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while len(workers := _workers(process.pid)) < 2 and time.monotonic() < deadline:

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from convert.input import Stats
-from convert.sources import Source
+from perceiver_stream.convert.input import Stats
+from perceiver_stream.convert.sources import Source
 from tests.convert.test_convert import run_cli, tree_digest, xlnet
 
 CONFIG = "20231101.en"

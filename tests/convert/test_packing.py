@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from convert.packing import Packer, token_dtype, tokenize
+from perceiver_stream.convert.packing import Packer, token_dtype, tokenize
 from perceiver_stream.data.format import PADDING, SPECIAL, WORD_CONTINUATION, WORD_START
 from tests.conftest import shared_path
 

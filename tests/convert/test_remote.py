@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import convert.output
+import perceiver_stream.convert.output
 from tests.convert.test_convert import run_cli, xlnet
 from tests.convert.test_hub import error_of
 
@@ -58,7 +58,7 @@ def test_a_failed_upload_names_the_object_and_leaves_no_manifest(s3, wiki_files,
     manifest, so nothing there looks complete."""
     bucket = s3.bucket()
     uploaded = []
-    real_upload = convert.output.upload
+    real_upload = perceiver_stream.convert.output.upload
 
     def upload_then_stop(local: Path, uri: str) -> None:
         if len(uploaded) == 3:
@@ -66,7 +66,7 @@ def test_a_failed_upload_names_the_object_and_leaves_no_manifest(s3, wiki_files,
         real_upload(local, uri)
         uploaded.append(uri)
 
-    monkeypatch.setattr(convert.output, "upload", upload_then_stop)
+    monkeypatch.setattr(perceiver_stream.convert.output, "upload", upload_then_stop)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's retries of the refused connection, kept short
     try:
         message = error_of(capsys, "text", "--input", wiki_files[0], "--tokenizer", xlnet(), "--workers", "1",

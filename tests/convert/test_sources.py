@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from convert import sources
-from convert.input import InputError, Stats
-from convert.sources import Source, expand_inputs, read_file, sniff_format
+from perceiver_stream.convert import sources
+from perceiver_stream.convert.input import InputError, Stats
+from perceiver_stream.convert.sources import Source, expand_inputs, read_file, sniff_format
 from tests.conftest import shared_path
 
 BOOK = "\ufeffThe Project Gutenberg eBook of X\r\nLicence blah\r\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\r\n" \

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from convert.sources import Source
-from convert.writer import Options, convert
+from perceiver_stream.convert.sources import Source
+from perceiver_stream.convert.writer import Options, convert
 from tests.conftest import build_once, shared_path
 
 

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from convert.labelled import LabelledStats, convert_labelled, read_label_directories, read_rotten_tomatoes
-from convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
-from convert.writer import Options, convert
+from perceiver_stream.convert.labelled import (
+    LabelledStats,
+    convert_labelled,
+    read_label_directories,
+    read_rotten_tomatoes,
+)
+from perceiver_stream.convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
+from perceiver_stream.convert.writer import Options, convert
 from tests.conftest import REPO, build_once, registry_downloads, shared_corpora, shared_path
 
 

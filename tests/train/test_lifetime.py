@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -32,7 +33,7 @@ def test_a_spawned_manager_ends_with_its_killed_parent_when_it_asks(tmp_path, as
         sys.path.insert(0, {str(REPO)!r})
         from perceiver_stream.train.lifetime import end_with_parent_if_spawned
         if {asks}:
-            end_with_parent_if_spawned(__name__)  # as train.py does
+            end_with_parent_if_spawned()  # as perceiver_stream.train.cli does
         if __name__ == "__main__":
             manager = multiprocessing.get_context("spawn").Manager()  # as composer.utils.RemoteUploader starts one
             event = manager.Event()
@@ -54,13 +55,15 @@ def test_a_spawned_manager_ends_with_its_killed_parent_when_it_asks(tmp_path, as
             psutil.Process(manager).kill()
 
 
-def test_train_py_top_level_imports_no_trainer():
-    """What a process the rank spawns runs first (train.py as ``__mp_main__``): the death-signal request and no
-    trainer, so Composer's upload manager starts in a fraction of a second instead of importing torch and Composer."""
+@pytest.mark.parametrize("entry", ["train.py", "perceiver-train"])
+def test_the_entry_points_top_level_imports_no_trainer(entry):
+    """What a process the rank spawns runs first (the main script as ``__mp_main__``: train.py, or the installed
+    ``perceiver-train`` script): the death-signal request and no trainer, so Composer's upload manager starts in a
+    fraction of a second instead of importing torch and Composer."""
+    script = REPO / "train.py" if entry == "train.py" else Path(sys.executable).parent / entry
     probe = textwrap.dedent(f"""
         import runpy, sys
-        sys.path.insert(0, {str(REPO)!r})
-        runpy.run_path({str(REPO / "train.py")!r}, run_name="__mp_main__")
+        runpy.run_path({str(script)!r}, run_name="__mp_main__")
         watched = ("torch", "composer", "streaming", "transformers", "perceiver_stream.train.trainer",
                  "perceiver_stream.train.lifetime")
         print(" ".join(sorted(m for m in watched if m in sys.modules)))

@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from convert.output import upload_output
-from convert.sources import Source
-from convert.writer import Options, convert
+from perceiver_stream.convert.output import upload_output
+from perceiver_stream.convert.sources import Source
+from perceiver_stream.convert.writer import Options, convert
 from perceiver_stream.digest import file_xxh64
 from tests.conftest import shared_path
 from tests.train.conftest import TINY, TRAIN

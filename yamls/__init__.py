@@ -1,0 +1,1 @@
+"""The packaged recipes: this folder installs as ``perceiver_stream.recipes`` (``perceiver-train mlm_tiny``)."""
