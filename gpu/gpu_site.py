@@ -1,12 +1,14 @@
-"""Install the staged wheels this machine lacks into one folder, for ``PYTHONPATH`` (README, "GPU").
+"""Install the staged wheels this machine lacks into one folder, for ``PYTHONPATH`` (gpu/README.md).
 
-    python3 bench/gpu_site.py [--wheels .whl] [--target /tmp/site]  &&  PYTHONPATH=/tmp/site make gpu-check
+    python3 gpu/gpu_site.py [--wheels .whl] [--target /tmp/site]  &&  PYTHONPATH=/tmp/site make gpu-check
 
 The lent GPU machine reaches no package registry and has its own torch, transformers and whatever else its image
 holds. A staged wheel whose distribution is already installed there is left out: the machine's copy was built for its
 torch (torchvision is compiled against one torch release) and fits its other packages, while a copy on ``PYTHONPATH``
 would shadow it. Everything else is installed without dependencies (the staged set is complete, see
-``bench/gpu_wheels.sh``). Prints what it installed and what it kept.
+``gpu/gpu_wheels.sh``). perceiver-stream's own wheel is installed although it asks for Python 3.11: the lent machine
+has 3.12, under which the staged stack is rehearsed (``gpu/gpu_rehearse.sh``). Prints what it installed and what it
+kept.
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wheels = sorted(args.wheels.glob("*.whl"))
     if not wheels:
-        print(f"gpu_site.py: error: no wheels in {args.wheels}; stage them with bench/gpu_wheels.sh", file=sys.stderr)
+        print(f"gpu_site.py: error: no wheels in {args.wheels}; stage them with gpu/gpu_wheels.sh", file=sys.stderr)
         return 2
     install, kept = plan(wheels)
     if install:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--upgrade",
-                        "--target", str(args.target), *map(str, install)], check=True)
+                        "--ignore-requires-python", "--target", str(args.target), *map(str, install)], check=True)
     print(f"gpu_site.py: installed {len(install)} wheel(s) into {args.target}; kept this machine's "
           f"{', '.join(f'{name} {version}' for name, version in kept.items()) or 'nothing'}")
     return 0

@@ -1,6 +1,6 @@
-"""GPU acceptance in one command, sized for a short GPU loan (README, "GPU").
+"""GPU acceptance in one command, sized for a short GPU loan (gpu/README.md).
 
-    python bench/gpu_check.py [--out gpu_check.json] [--parts model compile lamb train]
+    python gpu/gpu_check.py [--out gpu_check.json] [--parts model compile lamb train]
 
 On one CUDA device, in bf16 autocast at the blueprint's seq 512:
 
@@ -17,7 +17,8 @@ On one CUDA device, in bf16 autocast at the blueprint's seq 512:
    after one eager step has started CUDA, ``cache_hits``, ``cache_misses``), against this process's first
    compiled step.
 3. ``lamb``: one Lamb step over the base parameters, ours vs ``torch_optimizer.Lamb``.
-4. ``train``: 30 batches of ``yamls/mlm_base.yaml`` through ``train.py`` with FSDP version 1 and 2 on shards
+4. ``train``: 30 batches of the ``mlm_base`` recipe through ``perceiver-train`` (launched by ``composer``) with FSDP
+   version 1 and 2 on shards
    converted from a small text corpus, with tokens/s and MFU as Composer's SpeedMonitor logs them.
 
 A part whose packages are missing (or whose API this torch lacks) is reported as skipped with the one-line
@@ -43,12 +44,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from anywhere, without installing the package
+from perceiver_stream.model import DecoderConfig, EncoderConfig, PerceiverMLM, PerceiverMLMConfig
+from perceiver_stream.model.flops import training_flops
+from perceiver_stream.model.mlm import IGNORE_INDEX
 
-from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig  # noqa: E402
-from perceiver_stream.model.flops import training_flops  # noqa: E402
-from perceiver_stream.model.mlm import IGNORE_INDEX  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Dense bf16 peak of the GPUs our users train on, TFLOP/s (vendor datasheets, no sparsity).
 PEAK_BF16_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "a10": 125.0}
@@ -70,7 +70,7 @@ def require(*modules: str) -> None:
             importlib.import_module(module)
         except Exception as e:  # ImportError, or a package built for another torch failing at import
             raise Skip(f"{module} does not import ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                       "carry it as a wheel: bench/gpu_wheels.sh") from None
+                       "carry it as a wheel: gpu/gpu_wheels.sh") from None
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -79,10 +79,15 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def base_config(smoke: bool) -> PerceiverMLMConfig:
-    if smoke:
-        from tests.model.test_model import small_config
-
-        return small_config(max_seq_len=32, vocab_size=512)
+    if smoke:  # a shape transformers can express (decoder qk 256, 8 heads), small enough for a CPU
+        return PerceiverMLMConfig(
+            vocab_size=512, max_seq_len=32, num_latents=8, num_latent_channels=64,
+            encoder=EncoderConfig(
+                num_input_channels=48, num_cross_attention_qk_channels=32, num_cross_attention_v_channels=64,
+                num_cross_attention_heads=4, num_self_attention_qk_channels=32, num_self_attention_v_channels=64,
+                num_self_attention_heads=4, num_self_attention_layers_per_block=3, num_self_attention_blocks=2),
+            decoder=DecoderConfig(num_cross_attention_qk_channels=256, num_cross_attention_v_channels=48,
+                                  num_cross_attention_heads=8))
     return PerceiverMLMConfig(vocab_size=32000, max_seq_len=SEQ_LEN)
 
 
@@ -329,7 +334,7 @@ def lamb_part(device: torch.device, smoke: bool, steps: int) -> dict:
 def corpus_and_tokenizer(args: argparse.Namespace) -> tuple[Path, Path]:
     for path, what in ((args.corpus, "--corpus"), (args.tokenizer, "--tokenizer")):
         if not path.exists():
-            raise Skip(f"{what} {path} does not exist (bench/gpu_wheels.sh stages both into .gpu/)")
+            raise Skip(f"{what} {path} does not exist (gpu/gpu_wheels.sh stages both into .gpu/)")
     return args.corpus, args.tokenizer
 
 
@@ -365,10 +370,11 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
                               "model.encoder.num_self_attention_layers_per_block=1",
                               "model.decoder.num_cross_attention_v_channels=64", "data.num_workers=0",
                               "model.activation_checkpointing=false", "callbacks.speed_monitor_window=2"]
-            command = [sys.executable, "-m", "composer.cli.launcher", "-n", "1", str(REPO / "train.py"),
-                       str(REPO / "yamls" / "mlm_base.yaml"), *overrides]
+            # The installed package's entry point and recipe, from the work folder: not the checkout's files
+            command = [sys.executable, "-m", "composer.cli.launcher", "-n", "1", "-m", "perceiver_stream.train.cli",
+                       "mlm_base", *overrides]
             start = time.perf_counter()
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.train_timeout)
+            done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=args.train_timeout)
             entry: dict = {"wall_s": round(time.perf_counter() - start, 1)}
             log = args.out.with_name(f"{args.out.stem}-train-fsdp{version}.log")
             log.write_text(done.stdout + done.stderr)
@@ -382,11 +388,11 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
 
 
 def failure(stderr: str) -> str:
-    """Why a ``train.py`` run failed, in one line: its own error line, else the last exception its traceback names
+    """Why a ``perceiver-train`` run failed, in one line: its own error line, else the last exception its traceback names
     (the launcher's last line only says that a rank exited), else the last line."""
     lines = stderr.strip().splitlines() or ["(no output)"]
     raised = [line for line in lines if re.search(r"\w(Error|Exception): ", line)]
-    return next((line for line in lines if "train.py: error:" in line), (raised or lines)[-1])[:300]
+    return next((line for line in lines if "perceiver-train: error:" in line), (raised or lines)[-1])[:300]
 
 
 def speed_monitor(log_dir: Path) -> dict:
@@ -414,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-batch", type=int, default=32,
                         help="the compile part's micro-batch when the model part has not measured ours' largest")
     parser.add_argument("--train-batch", type=int, default=128, help="global batch of the train part's runs")
-    parser.add_argument("--train-timeout", type=int, default=240, help="seconds per train.py run")
+    parser.add_argument("--train-timeout", type=int, default=240, help="seconds per perceiver-train run")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (the test suite's check)")
     parser.add_argument("--first-compiled-step", type=Path, help=argparse.SUPPRESS)  # the compile part's restart
     parser.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                                              args.compile_backend)))
         return 0
     if not args.smoke and not torch.cuda.is_available():
-        print("bench/gpu_check.py: needs a CUDA device (none is visible to torch); see README, section 'GPU'",
+        print("gpu/gpu_check.py: needs a CUDA device (none is visible to torch); see gpu/README.md",
               file=sys.stderr)
         return 2
     device = torch.device("cpu" if args.smoke else "cuda")

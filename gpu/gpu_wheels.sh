@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Stage what bench/gpu_check.py needs on a GPU machine that reaches no package registry (README, "GPU"):
-#   .whl/  the wheels for Python 3.12 that its image lacks (Composer, streaming and what they import eagerly),
-#          at the versions this project pins, with a check that they fit the 64 MiB a device run may carry;
+# Stage what gpu/gpu_check.py needs on a GPU machine that reaches no package registry (gpu/README.md):
+#   .whl/  this project's wheel, and the wheels for Python 3.12 that the machine's image lacks (Composer, streaming
+#          and what they import eagerly) at the versions this project pins, with a check that they fit the 64 MiB
+#          a device run may carry;
 #   .gpu/  the xlnet-base-cased tokenizer and a few Wikipedia extracts from ../shared, for the train part.
-# Both folders are ignored by git. `bench/gpu_wheels.sh --list` prints the wheel list and exits.
+# Both folders are ignored by git. `gpu/gpu_wheels.sh --list` prints the third-party wheel list and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ WHEELS=(
 )
 LIMIT_MIB=64
 PYTHON="${PYTHON:-python3}"
+PROJECT_PYTHON="${PROJECT_PYTHON:-${VENV:-.venv}/bin/python}"  # has setuptools, so the wheel builds offline
 
 if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${WHEELS[@]}"
@@ -35,6 +37,7 @@ platforms=()
 for n in 39 35 34 31 28 27 24 17 5; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
+"$PROJECT_PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
 
 shared=../shared
 if [[ -d "$shared/tokenizers/xlnet-base-cased" ]]; then
@@ -42,12 +45,12 @@ if [[ -d "$shared/tokenizers/xlnet-base-cased" ]]; then
   cp -r "$shared/tokenizers/xlnet-base-cased" .gpu/
   cp "$shared"/corpora/wikipedia/enwiki2015_wiki_0[0-2] .gpu/corpus/
 else
-  echo "gpu_wheels.sh: $shared is absent; pass --corpus and --tokenizer to bench/gpu_check.py yourself" >&2
+  echo "gpu_wheels.sh: $shared is absent; pass --corpus and --tokenizer to gpu/gpu_check.py yourself" >&2
 fi
 
 mib=$(du -sm .whl | cut -f1)
 total=$(du -smc .whl .gpu 2>/dev/null | tail -1 | cut -f1)
-echo "gpu_wheels.sh: ${#WHEELS[@]} wheels, ${mib} MiB in .whl; with .gpu ${total} MiB (limit ${LIMIT_MIB} MiB)"
+echo "gpu_wheels.sh: perceiver-stream and ${#WHEELS[@]} wheels, ${mib} MiB in .whl; with .gpu ${total} MiB (limit ${LIMIT_MIB} MiB)"
 if (( total > LIMIT_MIB )); then
   echo "gpu_wheels.sh: ${total} MiB is over the ${LIMIT_MIB} MiB a device run may carry" >&2
   exit 1

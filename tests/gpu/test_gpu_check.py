@@ -1,5 +1,5 @@
-"""bench/gpu_check.py without a GPU: the refusal, the skip paths, every part at a tiny shape, a failed run's reason,
-the wheel list and the installer of the wheels a machine lacks (bench/gpu_site.py)."""
+"""gpu/gpu_check.py without a GPU: the refusal, the skip paths, every part at a tiny shape, a failed run's reason,
+the wheel list and the installer of the wheels a machine lacks (gpu/gpu_site.py)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,17 @@ from transformers import PerceiverForMaskedLM
 from perceiver_stream.model.hf import to_hf_config
 from tests.conftest import REPO, run, shared_path
 
-CHECK = str(REPO / "bench" / "gpu_check.py")
+CHECK = str(REPO / "gpu" / "gpu_check.py")
 
 
 def test_refuses_without_a_cuda_device():
     result = run([sys.executable, CHECK], env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
-    assert result.stderr.strip() == ("bench/gpu_check.py: needs a CUDA device (none is visible to torch); see README, "
-                                     "section 'GPU'")
+    assert result.stderr.strip() == "gpu/gpu_check.py: needs a CUDA device (none is visible to torch); see gpu/README.md"
 
 
 def import_gpu_check():
-    sys.path.insert(0, str(REPO / "bench"))
+    sys.path.insert(0, str(REPO / "gpu"))
     try:
         import gpu_check
     finally:
@@ -36,12 +35,12 @@ def import_gpu_check():
 
 def test_missing_package_or_corpus_skips_the_part_with_the_reason(tmp_path):
     gpu_check = import_gpu_check()
-    with pytest.raises(gpu_check.Skip, match="no_such_module_for_the_test does not import .*bench/gpu_wheels.sh"):
+    with pytest.raises(gpu_check.Skip, match="no_such_module_for_the_test does not import .*gpu/gpu_wheels.sh"):
         gpu_check.require("json", "no_such_module_for_the_test")
     out = tmp_path / "result.json"
     assert gpu_check.main(["--smoke", "--parts", "train", "--corpus", str(tmp_path / "absent"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["train"]["skipped"] == (f"--corpus {tmp_path / 'absent'} does not exist (bench/gpu_wheels.sh stages "
+    assert result["train"]["skipped"] == (f"--corpus {tmp_path / 'absent'} does not exist (gpu/gpu_wheels.sh stages "
                                           "both into .gpu/)")
     assert gpu_check.peak_tflops("NVIDIA H200") == 989.0 and gpu_check.peak_tflops("Tesla T4") is None
 
@@ -99,7 +98,7 @@ def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
 
 
 def test_wheel_list_pins_what_this_project_installs():
-    result = run(["bash", str(REPO / "bench" / "gpu_wheels.sh"), "--list"])
+    result = run(["bash", str(REPO / "gpu" / "gpu_wheels.sh"), "--list"])
     assert result.returncode == 0
     wheels = dict(line.split("==") for line in result.stdout.split())
     for package in ("mosaicml", "mosaicml-streaming", "torch-optimizer", "omegaconf", "mwparserfromhell"):
@@ -117,7 +116,7 @@ def test_a_failed_train_run_is_reported_by_its_reason_not_the_launchers_last_lin
         "Global rank 0 (PID 384) exited with code 1"])
     assert gpu_check.failure(traceback) == ("[rank0]: composer.utils.import_helpers.MissingConditionalImportError: "
                                             "Composer was installed without pandas")
-    ours = "train.py: error: data.tokenizer=x: cannot load a tokenizer (no such directory)"
+    ours = "perceiver-train: error: data.tokenizer=x: cannot load a tokenizer (no such directory)"
     assert gpu_check.failure(f"{traceback}\n{ours}") == ours
     assert gpu_check.failure("killed\nGlobal rank 0 (PID 1) exited with code -9") == \
         "Global rank 0 (PID 1) exited with code -9"
@@ -144,7 +143,7 @@ def test_gpu_site_installs_the_missing_wheels_and_keeps_the_machines_own(tmp_pat
     wheel(staged, "tqdm", "0.0.1")  # installed here at another version: the machine's copy is kept
     wheel(staged, "python_dateutil", "0.0.1")  # the file name's spelling of python-dateutil, installed here
     target = tmp_path / "site"
-    result = run([sys.executable, str(REPO / "bench" / "gpu_site.py"), "--wheels", str(staged), "--target",
+    result = run([sys.executable, str(REPO / "gpu" / "gpu_site.py"), "--wheels", str(staged), "--target",
                   str(target)])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
@@ -152,6 +151,6 @@ def test_gpu_site_installs_the_missing_wheels_and_keeps_the_machines_own(tmp_pat
         f"{importlib.metadata.version('python-dateutil')}, tqdm {importlib.metadata.version('tqdm')}")
     assert (target / "perceiver_gpu_site_probe.py").is_file() and not (target / "tqdm.py").exists()
     assert absent.exists()
-    empty = run([sys.executable, str(REPO / "bench" / "gpu_site.py"), "--wheels", str(tmp_path / "none")])
+    empty = run([sys.executable, str(REPO / "gpu" / "gpu_site.py"), "--wheels", str(tmp_path / "none")])
     assert empty.returncode == 2 and empty.stderr.strip() == (
-        f"gpu_site.py: error: no wheels in {tmp_path / 'none'}; stage them with bench/gpu_wheels.sh")
+        f"gpu_site.py: error: no wheels in {tmp_path / 'none'}; stage them with gpu/gpu_wheels.sh")
