@@ -388,8 +388,8 @@ def train_part(device: torch.device, smoke: bool, args: argparse.Namespace) -> d
 
 
 def failure(stderr: str) -> str:
-    """Why a ``perceiver-train`` run failed, in one line: its own error line, else the last exception its traceback names
-    (the launcher's last line only says that a rank exited), else the last line."""
+    """Why a ``perceiver-train`` run failed, in one line: its own error line, else the last exception its traceback
+    names (the launcher's last line only says that a rank exited), else the last line."""
     lines = stderr.strip().splitlines() or ["(no output)"]
     raised = [line for line in lines if re.search(r"\w(Error|Exception): ", line)]
     return next((line for line in lines if "perceiver-train: error:" in line), (raised or lines)[-1])[:300]

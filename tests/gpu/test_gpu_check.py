@@ -21,7 +21,8 @@ CHECK = str(REPO / "gpu" / "gpu_check.py")
 def test_refuses_without_a_cuda_device():
     result = run([sys.executable, CHECK], env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
-    assert result.stderr.strip() == "gpu/gpu_check.py: needs a CUDA device (none is visible to torch); see gpu/README.md"
+    assert result.stderr.strip() == ("gpu/gpu_check.py: needs a CUDA device (none is visible to torch); see "
+                                     "gpu/README.md")
 
 
 def import_gpu_check():
