@@ -1,12 +1,12 @@
-"""Conversion rate vs the bare tokenizer on the real corpora in ../shared.
+"""Conversion rate vs the bare tokenizer on real English text (``corpus.py``: ../shared's, else the registry corpus).
 
-Converts the Wikipedia extracts + Gutenberg books with the xlnet tokenizer (``perceiver-convert text``
-internals, N workers), and times the same tokenizer's batched ``__call__`` over the same documents in N
-processes with nothing written (documents read beforehand, untimed). Then converts the same documents from a
-local directory laid out like a parquet hub dataset (``perceiver-convert wikibook --streaming``'s path).
-Prints a last-line JSON object with ``convert_tokens_per_s``, ``tokenizer_only_tokens_per_s``, ``ratio``
-(goal >= 0.8), ``hub_streaming_tokens_per_s`` and ``hub_streaming_ratio``, and ``worker_max_rss_mb`` (the
-largest resident set of any worker, for sizing a full Wikibook conversion).
+Converts the Wikipedia extracts + Gutenberg books with the xlnet tokenizer (or the registry corpus with its own;
+``perceiver-convert text`` internals, N workers), and times the same tokenizer's batched ``__call__`` over the same
+documents in N processes with nothing written (documents read beforehand, untimed). Then converts the same documents
+from a local directory laid out like a parquet hub dataset (``perceiver-convert wikibook --streaming``'s path). Prints a
+last-line JSON object with ``convert_tokens_per_s``, ``tokenizer_only_tokens_per_s``, ``ratio`` (goal >= 0.8),
+``hub_streaming_tokens_per_s`` and ``hub_streaming_ratio``, ``worker_max_rss_mb`` (the largest resident set of any
+worker, for sizing a full Wikibook conversion) and ``corpus``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from corpus import bench_corpus
 
 from perceiver_stream.convert.hub import HubSpec
 from perceiver_stream.convert.input import Stats
-from perceiver_stream.convert.sources import Source, expand_inputs
+from perceiver_stream.convert.sources import Source
 from perceiver_stream.convert.tokenizer import load_tokenizer
 from perceiver_stream.convert.writer import Options, convert
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 _documents: list[str] = []
 
 
@@ -51,10 +51,9 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=512)
     args = parser.parse_args()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    tokenizer = str(SHARED / "tokenizers" / "xlnet-base-cased")
-    files = tuple(str(p) for p in expand_inputs([str(SHARED / "corpora" / "wikipedia"),
-                                                  str(SHARED / "corpora" / "books")]))
-    source = Source("files", files=files)
+    corpus = bench_corpus()
+    tokenizer = corpus.tokenizer
+    source = Source("files", files=corpus.files)
     options = Options(tokenizer=tokenizer, max_seq_len=args.max_seq_len, workers=args.workers)
 
     _documents.extend(source.documents(Stats()))
@@ -84,7 +83,7 @@ def main() -> None:
     hub_tokens = sum(m["counts"]["tokens"] for m in streamed.values())
     assert hub_tokens == bare_tokens, (hub_tokens, bare_tokens)
     convert_rate, bare_rate = converted_tokens / convert_seconds, bare_tokens / bare_seconds
-    print(json.dumps({"workers": args.workers, "tokens": converted_tokens,
+    print(json.dumps({"corpus": corpus.name, "workers": args.workers, "tokens": converted_tokens,
                       "convert_tokens_per_s": round(convert_rate), "tokenizer_only_tokens_per_s": round(bare_rate),
                       "ratio": round(convert_rate / bare_rate, 3),
                       "hub_streaming_tokens_per_s": round(hub_tokens / hub_seconds),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,7 +64,9 @@ def paragraphs(texts: Iterator[str], every: int = 1) -> Iterator[str]:
 
 def train_unigram(texts: Iterator[str], vocab_size: int, out: Path, *, every: int = 1) -> PreTrainedTokenizerFast:
     """Train a SentencePiece-style unigram tokenizer (NFKC, Metaspace) on every ``every``-th paragraph of the texts
-    and save it where AutoTokenizer loads it."""
+    and save it where AutoTokenizer loads it. The files are written beside ``out`` and moved in with
+    ``tokenizer.json`` last, so a tokenizer.json in ``out`` means a complete tokenizer (a run killed midway leaves none
+    to be mistaken for one)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     backend = Tokenizer(models.Unigram())
@@ -77,5 +81,11 @@ def train_unigram(texts: Iterator[str], vocab_size: int, out: Path, *, every: in
         tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", cls_token="<cls>", sep_token="<sep>",
         mask_token="<mask>", model_input_names=["input_ids", "attention_mask"],
     )
-    tokenizer.save_pretrained(str(out))
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save_pretrained(str(partial))
+    out.mkdir(parents=True, exist_ok=True)
+    for file in sorted(partial.iterdir(), key=lambda f: f.name == "tokenizer.json"):
+        os.replace(file, out / file.name)
+    partial.rmdir()
     return tokenizer
