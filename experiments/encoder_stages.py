@@ -1,12 +1,14 @@
 """What each stage of the pretrained encoder holds of a task, against the same stages at the initialisation: where
 the words a classifier needs are kept, and where a one-query readout loses them.
 
-``bench/downstream.py`` finds ours' frozen encoder well above its initialisation on BBC News topics but only a few
+experiments/downstream.py finds ours' frozen encoder well above its initialisation on BBC News topics but only a few
 points above it on Rotten Tomatoes sentiment, far under a bag of pieces with no network at all. Sentiment hangs on a
-few words; this asks whether the latents still hold them. For ours' cached pretrained weights (``--weights``: a
-``pretrained-*.pt`` of ``bench/downstream.py --equal-steps``, which also holds the initial weights) and for those
-initial weights, every document of a task goes through the frozen MLM once, and a logistic regression (``C`` chosen on
-a fifth of the training split, as for the bag of pieces) is fitted on each stage's pooled output:
+few words; this asks whether the latents still hold them. For ours' pretrained checkpoint (``--weights``: the
+``trained.pt`` of a directory experiments/downstream.py or experiments/learning.py printed as ``ours_checkpoints``,
+e.g. ``runs/experiments-cache/pretrained-KEY/trained.pt`` of ``--equal-steps``) and for the initial one beside it
+(``initial.pt``, or ``--initial``), every document of a task goes through the frozen MLM once, in the shape the
+checkpoint records, and a logistic regression (``C`` chosen on a fifth of the training split, as for the bag of
+pieces) is fitted on each stage's pooled output:
 
 - ``token_embeddings``: the input pieces' embeddings (no position), mean and max over the document;
 - ``cross_attention``: the 64 latents after the encoder's cross-attention, mean and max over the latents;
@@ -19,9 +21,8 @@ a fifth of the training split, as for the bag of pieces) is fitted on each stage
 Prints a line per task and encoder, and a last-line JSON object: ``{task}_{ours,random}_{stage}`` (val accuracy),
 ``{task}_{ours,random}_copy_accuracy``, ``{task}_bag_of_pieces``, ``{task}_majority``, ``pretrain_batches``.
 
-    python bench/encoder_stages.py --weights runs/bench-learning-cache/pretrained-KEY.pt [--tasks rt,bbc]
-        [--legs ours,random]
-        [--set KEY=VALUE ...]   (the model settings the weights were pretrained with, if not bench/learning.py's)
+    python -m experiments.encoder_stages --weights runs/experiments-cache/pretrained-KEY/trained.pt [--tasks rt,bbc]
+        [--legs ours,random] [--initial PATH]
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from downstream import Split, bag_of_pieces, labelled_task, sparse_bag
-from learning import DEFAULTS, REPO, SHARED
-from omegaconf import OmegaConf
 
-from perceiver_stream.config import build
+from experiments.corpora import CACHE, TOKENIZER, require_shared
+from experiments.pretraining import INITIAL, mlm_from_checkpoint
+from experiments.tasks import Split, bag_of_pieces, labelled_task, sparse_bag
+from perceiver_stream.checkpoint import CheckpointError, read_checkpoint
 from perceiver_stream.data.format import is_word_token
-from perceiver_stream.model import PerceiverMLM, PerceiverMLMConfig
+from perceiver_stream.model import PerceiverMLM
 from perceiver_stream.probe import logistic_regression, mean_and_max, standardised
 
+PROG = "python -m experiments.encoder_stages"
 BATCH = 128
 
 
@@ -85,44 +87,55 @@ def stages(model: PerceiverMLM, split: Split) -> tuple[dict[str, torch.Tensor], 
     return features, copied / words
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True,
-                        help="a pretrained-*.pt of bench/downstream.py --equal-steps (ours' weights and the initial)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="the pretraining's settings")
+                        help="ours' pretrained checkpoint (trained.pt of experiments/downstream.py or learning.py)")
+    parser.add_argument("--initial", type=Path, default=None,
+                        help=f"the initialisation's checkpoint (default: {INITIAL} beside --weights)")
     parser.add_argument("--tasks", default="rt,bbc")
     parser.add_argument("--legs", default="ours,random",
                         help="ours, random or both (snapshots of one pretraining share the initialisation)")
     parser.add_argument("--seed", type=int, default=0, help="which fifth of the training split chooses C")
-    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "bench-learning-cache")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="the converted tasks (shared with downstream)")
     args = parser.parse_args()
-    if not args.legs or not set(args.legs.split(",")) <= {"ours", "random"}:
-        parser.error(f"--legs={args.legs}: expected ours, random or ours,random")
-    if not args.weights.is_file():
-        parser.error(f"--weights {args.weights}: no such file (bench/downstream.py --equal-steps N writes one)")
-    settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(args.set)))
-    saved = torch.load(args.weights, weights_only=True)
-    result = {"weights": str(args.weights), "pretrain_batches": saved["batches"]}
-    tokenizer = str(SHARED / "tokenizers" / "xlnet-base-cased")
-    for task in args.tasks.split(","):
-        train, val, labels = labelled_task(task, args.cache, tokenizer, settings["model"]["max_seq_len"])
-        classes = len(labels)
-        result[f"{task}_majority"] = round(float(np.bincount(val.labels).max() / len(val.labels)), 4)
-        result[f"{task}_bag_of_pieces"] = round(
-            bag_of_pieces(train, val, settings["model"]["vocab_size"], classes, args.seed)["accuracy"], 4)
-        for name in args.legs.split(","):
-            weights = saved["weights" if name == "ours" else "initial"]
-            model = PerceiverMLM(build(PerceiverMLMConfig, settings["model"], "model."))
-            model.load_state_dict(weights)
-            model.eval()
-            (train_features, copy_train), (val_features, _) = stages(model, train), stages(model, val)
+    args.legs = args.legs.split(",")
+    args.initial = args.initial or args.weights.with_name(INITIAL)
+    if not args.legs or not set(args.legs) <= {"ours", "random"}:
+        parser.error(f"--legs={','.join(args.legs)}: expected ours, random or ours,random")
+    for flag, path in (("--weights", args.weights), ("--initial", args.initial)):
+        if not path.is_file() and (flag == "--weights" or "random" in args.legs):
+            parser.error(f"{flag} {path}: no such file (python -m experiments.downstream --equal-steps N writes "
+                         "runs/experiments-cache/pretrained-KEY/trained.pt and initial.pt)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    require_shared(PROG)
+    checkpoints = {"ours": args.weights, "random": args.initial}
+    try:
+        models = {name: mlm_from_checkpoint(checkpoints[name]) for name in args.legs}
+        batches = int(read_checkpoint(args.weights)["timestamp"]["batch"])
+    except CheckpointError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    config = next(iter(models.values())).config
+    result = {"weights": str(args.weights), "pretrain_batches": batches}
+    for task_name in args.tasks.split(","):
+        task = labelled_task(task_name, args.cache, str(TOKENIZER), config.max_seq_len)
+        classes = len(task.labels)
+        result[f"{task_name}_majority"] = round(task.majority, 4)
+        result[f"{task_name}_bag_of_pieces"] = round(bag_of_pieces(task, config.vocab_size, args.seed)["accuracy"], 4)
+        for name, model in models.items():
+            (train_features, copy_train), (val_features, _) = stages(model, task.train), stages(model, task.val)
             found = {"copy_accuracy": round(copy_train, 4)}
             for stage in train_features:
                 x_train, x_val = standardised(train_features[stage], val_features[stage])
-                found[stage] = round(logistic_regression(x_train, train.labels, x_val, val.labels, classes,
+                found[stage] = round(logistic_regression(x_train, task.train.labels, x_val, task.val.labels, classes,
                                                          args.seed)["accuracy"], 4)
-            print(json.dumps({task: {name: found}}), flush=True)
-            result.update({f"{task}_{name}_{key}": value for key, value in found.items()})
+            print(json.dumps({task_name: {name: found}}), flush=True)
+            result.update({f"{task_name}_{name}_{key}": value for key, value in found.items()})
     print(json.dumps(result))
 
 

@@ -97,8 +97,9 @@ def test_convert_train_fine_tune_export_from_an_empty_directory(installed, tmp_p
                                                           "num_latent_channels")]
     model_keys += [f"model.encoder.{key}={value}" for key, value in shape["encoder"].items()]
     ok("perceiver-train", "clf_rotten_tomatoes", "data.streams.rotten_tomatoes.local=labelled",
-       f"data.tokenizer={tokenizer}", "data.max_seq_len=128", "precision=fp32", "model.encoder_from=mlm/latest-rank0.pt",
-       "max_duration=2ba", "eval_interval=2ba", "save_folder=clf", "save_interval=2ba", *model_keys, *quick)
+       f"data.tokenizer={tokenizer}", "data.max_seq_len=128", "precision=fp32",
+       "model.encoder_from=mlm/latest-rank0.pt", "max_duration=2ba", "eval_interval=2ba", "save_folder=clf",
+       "save_interval=2ba", *model_keys, *quick)
     ok("perceiver-export", "clf/latest-rank0.pt", "--out", "hf-clf")
     classify = ("import json; from transformers import pipeline; "
                 "print(json.dumps(pipeline('text-classification', model='hf-clf')('A short text.')))")
