@@ -5,7 +5,12 @@ The checkout's entry point; installed, the same one is ``perceiver-train`` (``pe
 ``python train.py CONFIG [key=value ...]`` runs one process; ``--summary`` prints the resolved plan and exits.
 """
 
-from perceiver_stream.train.cli import main
+from perceiver_stream.train import cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(argv, prog="train.py")
+
 
 if __name__ == "__main__":
-    main(prog="train.py")
+    main()

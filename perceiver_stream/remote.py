@@ -97,3 +97,12 @@ def move(uri: str, to: str) -> None:
     except Exception as e:  # noqa: BLE001
         raise _failed("cannot copy", uri, e) from None
     delete(uri)
+
+
+def s3_client(uri: str):
+    """The boto3 client of ``uri``'s bucket (``s3://`` only): for the conditional requests Composer's store lacks."""
+    store, _ = _store(uri)
+    client = getattr(store, "client", None)
+    if not hasattr(client, "put_object"):
+        raise RemoteError(f"{uri}: not an S3 bucket")
+    return client

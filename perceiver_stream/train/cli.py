@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from perceiver_stream.train.lifetime import end_with_parent_if_spawned
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     from perceiver_stream.config import ConfigError, load, recipe_names, resolve_config
     from perceiver_stream.data import DataError
     from perceiver_stream.remote import RemoteError
-    from perceiver_stream.train.callbacks import NonFiniteLossError
     from perceiver_stream.train.config import build_train_config
+    from perceiver_stream.train.lease import SaveFolderInUse
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,26 +45,53 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     if args.config is None:
         parser.error("the following arguments are required: config")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = None
     try:
         cfg = build_train_config(load(resolve_config(args.config), args.overrides))
-        from composer.utils import dist
-
-        from perceiver_stream.train.trainer import build_trainer
-
         if args.summary:
+            from composer.utils import dist
+
             from perceiver_stream.train.summary import summary
 
             print(summary(cfg, dist.get_world_size()))
             return
-        trainer = build_trainer(cfg)
-    except (ConfigError, DataError, CheckpointError, RemoteError) as e:
+        train(cfg, prog)
+    except (ConfigError, DataError, CheckpointError, RemoteError, SaveFolderInUse) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def train(cfg, prog: str) -> None:
+    """Hold the save folder (global rank 0), build the trainer and fit; a failure a user can act on is one line."""
+    from composer.utils import dist
+
+    from perceiver_stream.train.lease import held
+    from perceiver_stream.train.trainer import check_save_folder, save_folder
+
+    rank_zero = dist.get_global_rank() == 0
+    if rank_zero:
+        check_save_folder(cfg)  # before its lock goes into it
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with held(save_folder(cfg) if rank_zero else None, cfg.run_name) as lease:
+            fit(cfg, lease, prog)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit(cfg, lease, prog: str) -> None:
+    """Build the trainer and fit, stopping when another run takes the save folder (``lease``, rank 0's)."""
+    from perceiver_stream.data import DataError
+    from perceiver_stream.train.callbacks import NonFiniteLossError
+    from perceiver_stream.train.lease import LeaseWatch
+    from perceiver_stream.train.trainer import build_trainer
+
+    try:
+        trainer = build_trainer(cfg)
     except Exception as e:  # another rank that never came (rendezvous)
-        if cfg is not None:
-            stop_if_a_peer_is_lost(e, cfg.dist_timeout, prog)
+        stop_if_a_peer_is_lost(e, cfg.dist_timeout, prog)
         raise
+    if lease is not None:
+        trainer.state.callbacks.append(LeaseWatch(lease))
     try:
         if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
             trainer.eval()
@@ -75,6 +103,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         stop_if_a_peer_is_lost(e, cfg.dist_timeout, prog)
         raise
     trainer.close()
+
+
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM (a scheduler's, the launcher's) unwinds like an error, so the save folder's lock is released."""
+    sys.exit(128 + signum)
 
 
 def stop_if_a_peer_is_lost(error: Exception, dist_timeout: float, prog: str) -> None:

@@ -73,13 +73,18 @@ def check_environment(cfg: TrainConfig) -> None:
                                   ) from None
 
 
+def save_folder(cfg: TrainConfig) -> str | None:
+    """``save_folder`` with ``{run_name}`` filled in: a local path or an object-store URI."""
+    return cfg.save_folder and cfg.save_folder.format(run_name=cfg.run_name)
+
+
 def local_save_folder(cfg: TrainConfig) -> Path | None:
     """Where checkpoints are on this machine (``{run_name}`` filled in), None without ``save_folder``. For a
     ``save_folder`` in object storage (``s3://bucket/path``), ``path`` under the working directory, where autoresume
     downloads the checkpoint it resumes (Composer writes the ones it uploads to a temporary folder of its own)."""
-    if not cfg.save_folder:
+    folder = save_folder(cfg)
+    if not folder:
         return None
-    folder = cfg.save_folder.format(run_name=cfg.run_name)
     if is_remote(folder):
         from composer.utils.file_helpers import parse_uri
 
@@ -89,7 +94,7 @@ def local_save_folder(cfg: TrainConfig) -> Path | None:
 
 def remote_save_folder(cfg: TrainConfig) -> str | None:
     """``save_folder`` (``{run_name}`` filled in) when it is in object storage, else None."""
-    folder = cfg.save_folder and cfg.save_folder.format(run_name=cfg.run_name)
+    folder = save_folder(cfg)
     return folder if is_remote(folder) else None
 
 
