@@ -35,15 +35,25 @@ def run(args: list[str], env: dict | None = None, timeout: int = 600) -> subproc
                           env={**os.environ, **(env or {})})
 
 
+def requires(available: bool, reason: str) -> None:
+    """Skip the test with ``reason`` unless ``available``, or fail it where every test must run: CI sets
+    PERCEIVER_STREAM_NO_SKIPS=1, and a CI run that skipped its tests of real data, of root-only cases or of two
+    nodes would look green."""
+    if available:
+        return
+    if os.environ.get("PERCEIVER_STREAM_NO_SKIPS") == "1":
+        pytest.fail(f"{reason} (PERCEIVER_STREAM_NO_SKIPS=1: this test must run here)")
+    pytest.skip(reason)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
 def shared_path(relative: str) -> Path:
-    """A path under ../shared, or skip the test with the reason when it is absent (fail under CI, which sets
-    PERCEIVER_STREAM_REQUIRE_SHARED=1: a CI run that skipped half the suite would look green)."""
+    """A path under ../shared, or skip the test with the reason when it is absent (``requires``)."""
     path = SHARED / relative
-    if not path.exists():
-        reason = f"{path} is absent (real data lives in ../shared beside the repository)"
-        if os.environ.get("PERCEIVER_STREAM_REQUIRE_SHARED") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    requires(path.exists(), f"{path} is absent (real data lives in ../shared beside the repository)")
     return path
 
 

@@ -83,24 +83,27 @@ def fit(cfg, lease, prog: str) -> None:
     from perceiver_stream.data import DataError
     from perceiver_stream.train.callbacks import NonFiniteLossError
     from perceiver_stream.train.lease import LeaseWatch
-    from perceiver_stream.train.trainer import build_trainer
+    from perceiver_stream.train.space import full_disk_error
+    from perceiver_stream.train.trainer import build_trainer, local_save_folder
 
+    trainer = None
     try:
         trainer = build_trainer(cfg)
-    except Exception as e:  # another rank that never came (rendezvous)
-        stop_if_a_peer_is_lost(e, cfg.dist_timeout, prog)
-        raise
-    if lease is not None:
-        trainer.state.callbacks.append(LeaseWatch(lease))
-    try:
+        if lease is not None:
+            trainer.state.callbacks.append(LeaseWatch(lease))
         if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
             trainer.eval()
         trainer.fit()
     except (NonFiniteLossError, DataError) as e:  # a loss that is not finite, a shard that cannot be downloaded
+        if isinstance(e, DataError) and trainer is None:
+            raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(1)
-    except Exception as e:  # another rank gone or silent in a collective
-        stop_if_a_peer_is_lost(e, cfg.dist_timeout, prog)
+    except Exception as e:
+        parameters = 0 if trainer is None else sum(p.numel() for p in trainer.state.model.parameters())
+        if (full := full_disk_error(e, local_save_folder(cfg), parameters)) is not None:
+            raise full from None
+        stop_if_a_peer_is_lost(e, cfg.dist_timeout, prog)  # another rank gone, silent, or never come
         raise
     trainer.close()
 

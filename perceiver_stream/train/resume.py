@@ -58,7 +58,7 @@ def _digest_file(path: Path) -> Path:
     return path.with_name(path.name + ".xxh64")
 
 
-def _checkpoints(folder: Path) -> list[Path]:
+def checkpoints(folder: Path) -> list[Path]:
     """The folder's checkpoints (not the ``latest`` links), newest first."""
     found = []
     for path in folder.iterdir():
@@ -74,13 +74,13 @@ def write_digests(save_folder: str | Path) -> None:
     folder = Path(save_folder)
     if not folder.is_dir():
         return
-    checkpoints = _checkpoints(folder)
-    for path in checkpoints:
+    found = checkpoints(folder)
+    for path in found:
         if not _digest_file(path).exists() and is_complete(path):
             partial = path.with_name(path.name + ".xxh64.partial")
             partial.write_text(_digest(path) + "\n")
             os.replace(partial, _digest_file(path))
-    kept = {_digest_file(p).name for p in checkpoints}
+    kept = {_digest_file(p).name for p in found}
     for stale in folder.glob("*.xxh64"):
         if stale.name not in kept:
             stale.unlink()
@@ -111,7 +111,7 @@ def repair_latest(save_folder: str | Path, world_size: int = 1) -> Path | None:
     if not folder.is_dir():
         return None
     newest = None
-    for path in _checkpoints(folder):
+    for path in checkpoints(folder):
         if not is_complete(path):
             incomplete = path.with_name(path.name + ".incomplete")
             log.warning("checkpoint %s is incomplete (killed while being written); moved to %s", path, incomplete)

@@ -43,6 +43,7 @@ from perceiver_stream.train.callbacks import (
 from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, batch_plan
 from perceiver_stream.train.finetune import initial_classifier
 from perceiver_stream.train.resume import check_model_settings, fetch_intact, fetch_newest_intact, repair_latest
+from perceiver_stream.train.space import warn_if_short
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     fsdp = cfg.parallelism.fsdp
     reproducibility.seed_all(cfg.seed)  # the initial weights are a function of the seed too
     model = build_model(cfg, info, wrap_activation_checkpointing=fsdp is None)
+    if folder is not None and dist.get_global_rank() == 0:
+        warn_if_short(folder, sum(p.numel() for p in model.parameters()))
     process_group = "world" if fsdp is not None and fsdp.version == 1 else None
     optimizer = build_optimizer(model, cfg.optimizer, process_group=process_group)
     if cfg.scheduler.name == "constant_with_warmup":

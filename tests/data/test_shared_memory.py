@@ -24,6 +24,7 @@ from perceiver_stream.data.shared_memory import (
     clean_leaked_shared_memory,
     shared_memory_registration,
 )
+from tests.conftest import is_root, requires
 
 HOLD = """
 import sys, time
@@ -132,9 +133,9 @@ def _register_as_nobody(tmp: str) -> None:
     os._exit(0)
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
 def test_another_users_lock_file_is_used_not_refused():
     """A job of a second user on the node waits on the same lock instead of failing on the first user's file."""
+    requires(is_root(), "needs root to act as another user")
     with tempfile.TemporaryDirectory() as tmp:  # pytest's own is private to this user
         Path(tmp).chmod(0o755)
         (Path(tmp) / REGISTRATION_LOCK).touch(mode=0o644)  # root's, as the first job of a node leaves it

@@ -20,7 +20,7 @@ from perceiver_stream.convert.output import upload_output
 from perceiver_stream.convert.sources import Source
 from perceiver_stream.convert.writer import Options, convert
 from perceiver_stream.digest import file_xxh64
-from tests.conftest import shared_path
+from tests.conftest import requires, shared_path
 from tests.train.conftest import TINY, TRAIN
 from tests.train.forked import Run, train
 from tests.train.test_resume import ONE_THREAD, assert_same_batches, batches, overrides
@@ -190,7 +190,6 @@ def training_process(launcher: subprocess.Popen) -> psutil.Process:
 
 
 @SMALL
-@pytest.mark.skipif(not unshare_available(), reason="needs unshare --ipc --mount (root) to give each node its shm")
 def test_two_nodes_train_as_one_process_and_when_one_is_lost_resume_elsewhere_past_a_corrupted_checkpoint(
         small_shards, s3, tmp_path, capsys):
     """Two nodes, shards and checkpoints in the bucket. Node 1's training process is killed (SIGKILL) mid-run: node 0
@@ -200,6 +199,7 @@ def test_two_nodes_train_as_one_process_and_when_one_is_lost_resume_elsewhere_pa
     first run's bitwise; the two runs together hold the same samples and masks as one process, and losses within
     the DDP tolerance of tests/train/test_equivalence.py (one process sums micro-batches in another order). The last
     checkpoint exports from the bucket; the corrupted one is refused."""
+    requires(unshare_available(), "needs unshare --ipc --mount (root) to give each node its own /dev/shm")
     from perceiver_stream.export import main as export_main
     from tests.train.test_equivalence import LOSS_RTOL
 
