@@ -38,6 +38,9 @@ class StreamingDataConfig:
             download that many times, each given ``download_timeout`` seconds.
         verify_shards: before training, check that every local shard exists and matches its xxh64 hash, and
             decompress the ones not yet decompressed (otherwise streaming does it on first read).
+        cache_dir: where the shards of a stream whose ``local`` directory is read-only (a shared dataset volume)
+            and still compressed are decompressed to, under a folder per stream; a read-only directory of
+            decompressed shards is read in place.
         num_workers, prefetch_factor, persistent_workers, pin_memory: ``DataLoader`` settings per device.
     """
 
@@ -56,6 +59,7 @@ class StreamingDataConfig:
     download_timeout: float = 60.0
     validate_hash: str | None = "xxh64"
     verify_shards: bool = True
+    cache_dir: str = "~/.cache/perceiver-stream/shards"
     num_workers: int = 6
     prefetch_factor: int = 2
     persistent_workers: bool = True

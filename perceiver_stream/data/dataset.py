@@ -3,6 +3,7 @@ classifier, the classification collator)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -121,6 +122,30 @@ def _split_paths(stream: StreamConfig, split: str) -> tuple[str, str | None]:
     return os.path.join(stream.local, split), remote
 
 
+def loader_paths(name: str, stream: StreamConfig, split: str, cache_dir: str) -> tuple[str, str | None]:
+    """Where streaming reads a split from (``local``) and fetches it from (``remote``). A ``local`` split on a
+    read-only filesystem (a shared dataset volume) whose shards are still compressed cannot be decompressed in place:
+    it is read as the stream's remote, its shards copied and decompressed into ``cache_dir``; one read-only but
+    decompressed (or never compressed) is read in place."""
+    local, remote = _split_paths(stream, split)
+    if remote is None and not os.access(local, os.W_OK) and _compressed_only(Path(local)):
+        key = hashlib.sha256(os.path.realpath(stream.local).encode()).hexdigest()[:12]
+        cache = Path(cache_dir).expanduser() / f"{name}-{key}" / split
+        log.info("stream %r (%s): %s is read-only and its shards compressed; decompressing them into %s "
+                 "(data.cache_dir)", name, split, local, cache)
+        return str(cache), local
+    return local, remote
+
+
+def _compressed_only(split_dir: Path) -> bool:
+    """Whether a shard of the split has no decompressed copy beside it (streaming reads the decompressed one)."""
+    index = split_dir / "index.json"
+    if not index.exists():
+        return False
+    return any(shard.get("zip_data") and not (split_dir / shard["raw_data"]["basename"]).exists()
+               for shard in read_json(index, f"{split_dir}")["shards"])
+
+
 def read_manifest(name: str, stream: StreamConfig, split: str, timeout: float) -> dict:
     """The manifest of one split, fetched from the remote into the local directory when needed."""
     local, remote = _split_paths(stream, split)
@@ -214,7 +239,12 @@ def verify_shards(name: str, split_dir: Path) -> int:
             log.warning("stream %r: decompressed shard %s is corrupted (xxh64 %s, index.json says %s); replacing it "
                         "with the one decompressed from the verified %s", name, raw_path, found,
                         raw["hashes"]["xxh64"], zipped["basename"])
-        _write_decompressed(path, shard["compression"], raw_path)
+        try:
+            _write_decompressed(path, shard["compression"], raw_path)
+        except OSError as e:
+            raise DataError(f"stream {name!r}: cannot write the decompressed shard {raw_path} ({e.strerror}); restore "
+                            f"it, or remove the directory's decompressed shards so that it is read through "
+                            "data.cache_dir") from None
     return len(shards)
 
 
@@ -253,7 +283,7 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
                 log.warning("stream %r has no %s samples (its documents all fell in train); evaluating on the "
                             "other streams", name, split)
                 continue
-            local, remote = _split_paths(stream, split)
+            local, remote = loader_paths(name, stream, split, cfg.cache_dir)
             if cfg.verify_shards and remote is None and get_local_rank() == 0:
                 verify_shards(name, Path(local))
             manifests[(name, split)] = manifest
@@ -310,7 +340,7 @@ def build_dataloader(cfg: StreamingDataConfig, info: DataInfo, split: str, batch
     for name, stream in cfg.streams.items():
         if (name, split) not in info.manifests:  # an empty split (see prepare)
             continue
-        local, remote = _split_paths(stream, split)
+        local, remote = loader_paths(name, stream, split, cfg.cache_dir)
         streams.append(Stream(local=local, remote=remote, proportion=stream.proportion if train else None))
     with shared_memory_registration():
         dataset = MLMStreamingDataset(

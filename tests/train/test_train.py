@@ -238,3 +238,21 @@ def test_processes_on_a_cpu_node_share_its_cores(monkeypatch):
         assert torch.get_num_threads() == max(1, os.cpu_count() // 2)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_training_on_a_read_only_volume_of_compressed_shards(tiny_shards, tmp_path):
+    """``data.streams.NAME.local`` on a read-only mount of shards as a conversion leaves them (compressed) trains."""
+    from tests.conftest import is_root, requires
+    from tests.data.test_read_only import compressed_copy, files, read_only
+
+    requires(is_root(), "needs root to mount a directory read-only")
+    volume = compressed_copy(tiny_shards, tmp_path / "volume")
+    before = files(volume)
+    with read_only(volume, "bind mount"):
+        result = train([TINY, *tiny_overrides(volume, tmp_path, **{
+            "max_duration": "2ba", "eval_interval": "2ba", "eval_subset_num_batches": 1, "data.num_workers": 0,
+            "data.cache_dir": tmp_path / "cache"})])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is read-only and its shards compressed; decompressing them into" in result.stderr
+    assert files(volume) == before and list((tmp_path / "cache").rglob("shard.*.mds"))
