@@ -101,7 +101,12 @@ def test_export_has_transformers_logits_and_label_names(mlm_checkpoint, tmp_path
         torch.testing.assert_close(exported(input_ids=input_ids, attention_mask=attention_mask).logits, ours,
                                    atol=1e-5, rtol=1e-5)
     classify = pipeline("text-classification", model=str(out), device=-1)
-    assert classify("A gripping film.")[0]["label"] in ("negative", "neutral", "positive")
+    encoded = classify.tokenizer("A gripping film.", return_tensors="pt")  # as the pipeline encodes it
+    with torch.no_grad():
+        probabilities = model(encoded["input_ids"], encoded["attention_mask"])[0].softmax(-1)
+    (predicted,) = classify("A gripping film.")
+    assert predicted["label"] == ["negative", "neutral", "positive"][int(probabilities.argmax())]
+    assert abs(predicted["score"] - float(probabilities.max())) < 1e-5
 
 
 def test_an_mlm_checkpoint_loads_bitwise_and_a_fresh_encoder_is_an_untrained_mlm(mlm_checkpoint):

@@ -51,8 +51,15 @@ def test_exported_model_has_the_native_logits_and_fills_masks(checkpoint, tmp_pa
                                    native(input_ids, attention_mask)[real], atol=1e-5, rtol=1e-5)
 
     fill = pipeline("fill-mask", model=str(out), device=-1)
-    predictions = fill(f"The capital of France is {fill.tokenizer.mask_token}.", top_k=3)
-    assert len(predictions) == 3 and all(0.0 <= p["score"] <= 1.0 for p in predictions)
+    sentence = f"The capital of France is {fill.tokenizer.mask_token}."
+    predictions = fill(sentence, top_k=3)
+    encoded = fill.tokenizer(sentence, return_tensors="pt")  # as the pipeline encodes it
+    with torch.no_grad():
+        logits = native(encoded["input_ids"], encoded["attention_mask"])[0]
+    position = int((encoded["input_ids"][0] == fill.tokenizer.mask_token_id).nonzero())
+    top = logits[position].softmax(-1).topk(3)  # ours: the pipeline must show our model's predictions
+    assert [p["token"] for p in predictions] == top.indices.tolist()
+    torch.testing.assert_close(torch.tensor([p["score"] for p in predictions]), top.values, atol=1e-5, rtol=1e-4)
 
 
 def error_of(capsys, *argv) -> str:

@@ -1,5 +1,6 @@
 """Fine-tuning through train.py (``task: classification``) on real Rotten Tomatoes snippets: it learns, a frozen
-encoder stays bitwise the pretrained one, checkpoints export and resume, and two-process FSDP2 runs."""
+encoder stays bitwise the pretrained one, checkpoints resume and export with the checkpoint's own logits, on one
+process and on two (DDP, FSDP2)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,33 @@ def overrides(shards: Path, tmp_path: Path, **extra) -> list[str]:
     })
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
+
+
+def val_batch(shards: Path, size: int = 16) -> dict[str, torch.Tensor]:
+    """The first ``size`` val documents, batched as training batches them."""
+    with shared_memory_registration():
+        dataset = StreamingDataset(local=str(shards / "val"), shuffle=False, batch_size=1)
+    records = [{"input_ids": r[IDS_COLUMN], "token_type": r[TYPES_COLUMN], "label": r[LABEL_COLUMN],
+                "sample_idx": i} for i, r in enumerate(dataset[i] for i in range(size))]
+    return ClassificationCollator()(records)
+
+
+def assert_exports_with_our_logits(checkpoint: Path, out: Path, shards: Path) -> None:
+    """The checkpoint exported to ``PerceiverForSequenceClassification`` gives the logits the checkpoint's own model
+    gives on real documents, and carries the label names."""
+    from transformers import PerceiverForSequenceClassification
+
+    from perceiver_stream.export import export, run_config
+
+    state = read_checkpoint(checkpoint)
+    cfg, _ = run_config(state, checkpoint, None, [])
+    ours = load_checkpoint_model(checkpoint, cfg.model, state)
+    exported = PerceiverForSequenceClassification.from_pretrained(export(checkpoint, out)).eval()
+    batch = val_batch(shards)
+    with torch.no_grad():
+        theirs = exported(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(theirs, ours(batch["input_ids"], batch["attention_mask"]), atol=1e-5, rtol=1e-5)
+    assert exported.config.id2label == {0: "fresh", 1: "rotten"}
 
 
 def val_accuracy(checkpoint: Path, shards: Path) -> tuple[float, float]:
@@ -105,6 +133,7 @@ def test_a_frozen_encoder_is_the_pretrained_one_bitwise(rotten_tomatoes, tmp_pat
         encoder = encoder_state(state)
         assert encoder and all(torch.equal(value, weights[key]) for key, value in encoder.items())
     assert not torch.equal(states[3]["decoder.linear.weight"], states[9]["decoder.linear.weight"])
+    assert_exports_with_our_logits(tmp_path / "ckpt" / "ep0-ba9-rank0.pt", tmp_path / "hf", rotten_tomatoes)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -114,17 +143,16 @@ def test_a_frozen_encoder_is_the_pretrained_one_bitwise(rotten_tomatoes, tmp_pat
 
 
 @pytest.mark.slow
-def test_two_process_fsdp2_fine_tune_exports(rotten_tomatoes, tmp_path):
-    from perceiver_stream.export import export
-
-    settings = {"parallelism.fsdp.version": 2, "parallelism.fsdp.state_dict_type": "sharded",
-                "model.activation_checkpointing": "true", "max_duration": "4ba", "save_interval": "4ba",
-                "eval_interval": "4ba", "eval_subset_num_batches": 2, "data.num_workers": 0}
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp2"])
+def test_two_process_fine_tunes_export(rotten_tomatoes, tmp_path, parallelism):
+    """DDP (full checkpoints) and FSDP2 with activation checkpointing (sharded checkpoints) on two processes."""
+    settings = {"max_duration": "4ba", "save_interval": "4ba", "eval_interval": "4ba", "eval_subset_num_batches": 2,
+                "data.num_workers": 0}
+    if parallelism == "fsdp2":
+        settings.update({"parallelism.fsdp.version": 2, "parallelism.fsdp.state_dict_type": "sharded",
+                         "model.activation_checkpointing": "true"})
     result = train([CLASSIFIER, *overrides(rotten_tomatoes, tmp_path, **settings)], processes=2,
                    env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = tmp_path / "ckpt" / "ep0-ba4"
-    out = export(checkpoint, tmp_path / "hf")
-    config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == ["PerceiverForSequenceClassification"]
-    assert config["id2label"] == {"0": "fresh", "1": "rotten"}
+    checkpoint = tmp_path / "ckpt" / ("ep0-ba4" if parallelism == "fsdp2" else "ep0-ba4-rank0.pt")
+    assert_exports_with_our_logits(checkpoint, tmp_path / "hf", rotten_tomatoes)
