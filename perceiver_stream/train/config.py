@@ -9,6 +9,7 @@ from perceiver_stream.config import ConfigError, build
 from perceiver_stream.data.config import ClassificationDataConfig, DataConfig
 from perceiver_stream.model.config import PerceiverClassifierConfig, PerceiverMLMConfig
 from perceiver_stream.optim.build import OptimizerConfig
+from perceiver_stream.remote import is_remote
 
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
 
@@ -180,6 +181,12 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r}: expected fp32, amp_bf16 or amp_fp16")
         if self.dist_timeout <= 0:
             raise ValueError(f"dist_timeout={self.dist_timeout}: must be a positive number of seconds")
+        fsdp = self.parallelism.fsdp
+        if fsdp is not None and fsdp.state_dict_type == "sharded" and is_remote(self.save_folder):
+            raise ValueError(f"parallelism.fsdp.state_dict_type=sharded with save_folder={self.save_folder}: Composer "
+                             "0.32.1 cannot save sharded checkpoints to object storage (its save expects a local "
+                             "file); use state_dict_type=full with a bucket, or a local or shared-filesystem "
+                             "save_folder")
         if self.autoresume and (self.save_folder is None or not self.run_name):
             raise ValueError("autoresume=true needs save_folder and run_name (the run is found by its name)")
         if self.callbacks.probes and self.task != "mlm":

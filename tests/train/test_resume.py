@@ -71,10 +71,16 @@ def kill_after(argv: list[str], processes: int, run_dir: Path, batch: int) -> No
     started.result()
 
 
+# The kill point's seed, printed with every kill: PERCEIVER_STREAM_KILL_SEED=N replays a failure.
+KILL_SEED = int(os.environ.get("PERCEIVER_STREAM_KILL_SEED") or random.randrange(1 << 32))
+
+
 def kill_and_resume(argv: list[str], run_dir: Path, processes: int = 1) -> None:
-    """Kill the run at a random batch from 12 to 25 (after the checkpoint at 10 or 20), then rerun it to
-    completion (autoresume)."""
-    kill_after(argv, processes, run_dir, batch=12 + random.Random().randint(0, 13))
+    """Kill the run at a batch from 12 to 25 (after the checkpoint at 10 or 20) drawn from ``KILL_SEED``, then rerun
+    it to completion (autoresume)."""
+    batch = 12 + random.Random(KILL_SEED).randint(0, 13)
+    print(f"killing the run after batch {batch} (PERCEIVER_STREAM_KILL_SEED={KILL_SEED})")
+    kill_after(argv, processes, run_dir, batch=batch)
     assert (run_dir / "ckpt" / "latest-rank0.pt").exists()
     result = train(argv, processes, ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -143,6 +149,17 @@ def test_a_killed_run_with_compiled_layers_resumes_exactly(tiny_shards, referenc
     compiled = {"model.compile": "true", "model.compile_backend": "aot_eager"}
     kill_and_resume([TINY, *overrides(tiny_shards, tmp_path, **compiled)], tmp_path)
     assert_same_run(tmp_path, reference)
+
+
+@REFERENCE
+def test_a_resumed_run_may_turn_compile_on_or_off(tiny_shards, reference, tmp_path):
+    """The eager reference's checkpoint at batch 10 resumed with ``model.compile`` on to batch 20, that checkpoint
+    resumed eager to the end: the reference's batches and final weights, bitwise (``aot_eager`` runs eager's
+    kernels)."""
+    compiled = {"model.compile": "true", "model.compile_backend": "aot_eager"}
+    resume_from(tiny_shards, checkpoint(reference, 10), tmp_path, **compiled, max_duration="20ba")
+    resume_from(tiny_shards, checkpoint(tmp_path, 20), tmp_path)
+    assert_same_run(tmp_path, reference, first_batch=11)
 
 
 def test_a_resumed_run_takes_its_compiled_graphs_from_the_checkpoint(tiny_shards, tmp_path):
@@ -337,3 +354,4 @@ def test_killed_fsdp2_run_resumes_exactly(tiny_shards, fsdp2_reference, tmp_path
     cfg, _ = run_config(states[1], checkpoints[1], None, [])  # what perceiver-export needs, from it alone
     assert cfg.parallelism.fsdp.state_dict_type == state_dict_type
     load_checkpoint_model(checkpoints[1], cfg.model, states[1])
+

@@ -52,6 +52,8 @@ def test_fsdp2_shards_parameters_and_checkpoints_and_compiles_every_attention_la
     ("data.tokenizer={tmp}/empty", "data.tokenizer={tmp}/empty: cannot load a tokenizer"),
     ("data.streams.wikipedia.local={tmp}/truncated", "{tmp}/truncated/train/manifest.json is not valid JSON"),
     ("callbacks.probe_train_samples=5", "callbacks.probe_train_samples=5: expected at least 10"),
+    ("save_folder=s3://bucket/runs", "parallelism.fsdp.state_dict_type=sharded with save_folder=s3://bucket/runs: "
+                                     "Composer 0.32.1 cannot save sharded checkpoints to object storage"),
     ("callbacks.probes.rt={tmp}/empty", "callbacks.probes.rt={tmp}/empty: no {tmp}/empty/train/manifest.json"),
 ])
 def test_user_mistakes_are_one_line_errors(tiny_shards, tmp_path, capsys, override, message):
@@ -61,7 +63,9 @@ def test_user_mistakes_are_one_line_errors(tiny_shards, tmp_path, capsys, overri
     (tmp_path / "empty").mkdir()
     (tmp_path / "truncated" / "train").mkdir(parents=True)
     (tmp_path / "truncated" / "train" / "manifest.json").write_text('{"format": "perceiver-str')
-    overrides = tiny_overrides(tiny_shards, tmp_path, **{"parallelism.fsdp.version": 2} if "fsdp" in override else {})
+    fsdp = {"parallelism.fsdp.version": 2, **({"parallelism.fsdp.state_dict_type": "sharded"} if "s3://" in override
+                                              else {})}
+    overrides = tiny_overrides(tiny_shards, tmp_path, **fsdp if "fsdp" in override or "s3://" in override else {})
     with pytest.raises(SystemExit) as exit_info:
         main([TINY, *overrides, override.format(tmp=tmp_path)])
     assert exit_info.value.code == 2
