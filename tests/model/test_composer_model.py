@@ -73,3 +73,36 @@ def test_fsdp_and_checkpointing_hooks_live_on_the_inner_module():
     assert not inner.fsdp_wrap_fn(inner.input_adapter)
     assert not inner.activation_checkpointing_fn(inner.encoder)
     assert not hasattr(model, "fsdp_wrap_fn")
+
+
+def test_activation_offloading_hands_each_checkpointed_layers_inputs_to_host_memory(monkeypatch):
+    """``model.activation_offloading``: every attention layer's saved tensors go through torch's ``save_on_cpu``
+    (what keeps them in host memory on a GPU), and training computes what checkpointing alone computes."""
+    import dataclasses
+
+    from torch.distributed.algorithms._checkpoint import checkpoint_wrapper
+
+    packed = []
+
+    class CountingSaveOnCpu(torch.autograd.graph.save_on_cpu):
+        def __init__(self, pin_memory: bool = False, device_type: str = "cuda") -> None:
+            super().__init__(pin_memory, device_type)
+            pack = self.pack_hook  # saved_tensors_hooks keeps its hooks as attributes, registered on __enter__
+            self.pack_hook = lambda tensor: (packed.append(tensor.shape), pack(tensor))[1]
+
+    monkeypatch.setattr(checkpoint_wrapper, "save_on_cpu", CountingSaveOnCpu)
+    config = dataclasses.replace(small_config(), activation_checkpointing=True)
+    grads = {}
+    for offload in (False, True):
+        torch.manual_seed(0)
+        model = ComposerPerceiverMLM(dataclasses.replace(config, activation_offloading=offload), mask_token_id=MASK)
+        batch = make_batch(config)
+        model.loss(model(batch), batch).backward()
+        grads[offload] = {n.replace("._checkpoint_wrapped_module", ""): p.grad for n, p in model.named_parameters()}
+        layers = [m for m in model.modules() if isinstance(m, (CrossAttentionLayer, SelfAttentionLayer))]
+        wrapped = [m for m in model.modules() if isinstance(m, checkpoint_wrapper.OffloadWrapper)]
+        assert len(wrapped) == (len(layers) if offload else 0)
+    assert len(packed) >= len(layers)  # at least each layer's input went to host memory
+    assert grads[False].keys() == grads[True].keys()
+    for name, grad in grads[True].items():
+        torch.testing.assert_close(grad, grads[False][name], atol=1e-6, rtol=1e-5)
