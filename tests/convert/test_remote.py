@@ -89,3 +89,38 @@ def test_labelled_shards_upload_too(s3, tmp_path):
             "--remote", f"s3://{bucket}/rt")
     assert remote_files(s3, bucket, "rt") == local_files(tmp_path / "rt")
     assert json.loads(remote_files(s3, bucket, "rt")["train/manifest.json"])["labels"] == ["bad", "good"]
+
+
+def test_overwrite_deletes_the_manifests_first_then_uploads_then_removes_the_rest(s3, wiki_files, tmp_path,
+                                                                                   monkeypatch):
+    """The order that keeps a remote from ever looking complete with mixed contents: the earlier conversion's
+    manifests deleted first, every new shard and index uploaded, the new manifests last, then what is left of the
+    earlier conversion deleted (here a labelled conversion's shards, replaced by a text conversion's)."""
+    bucket = s3.bucket()
+    remote = f"s3://{bucket}/data"
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label\n" + "".join(f"review {i} of a film,{'good' if i % 2 else 'bad'}\n"
+                                              for i in range(40)))
+    run_cli("labelled", "--input", table, "--tokenizer", xlnet(), "--max-seq-len", "32", "--out", tmp_path / "first",
+            "--remote", remote)
+    earlier = set(remote_files(s3, bucket, "data"))
+    calls: list[tuple[str, str]] = []
+    for name in ("upload", "delete"):
+        real = getattr(perceiver_stream.convert.output, name)
+
+        def recorded(*args, real=real, name=name):
+            calls.append((name, (args[1] if name == "upload" else args[0]).removeprefix(f"{remote}/")))
+            real(*args)
+
+        monkeypatch.setattr(perceiver_stream.convert.output, name, recorded)
+    run_cli("text", "--input", wiki_files[0], "--tokenizer", xlnet(), "--workers", "1", "--max-seq-len", "128",
+            "--out", tmp_path / "second", "--remote", remote, "--overwrite")
+    new = set(local_files(tmp_path / "second"))
+    manifests = {"train/manifest.json", "val/manifest.json"}
+    assert earlier - new, "the earlier conversion should leave objects the new one does not write"
+    kinds = [("delete manifest" if op == "delete" and key in manifests else
+              "upload manifest" if op == "upload" and key in manifests else op) for op, key in calls]
+    assert kinds == (["delete manifest"] * 2 + ["upload"] * (len(new) - 2) + ["upload manifest"] * 2
+                     + ["delete"] * len(earlier - new)), calls
+    assert {key for op, key in calls if op == "delete"} - manifests == earlier - new
+    assert set(remote_files(s3, bucket, "data")) == new

@@ -250,9 +250,29 @@ def test_two_nodes_train_as_one_process_and_when_one_is_lost_resume_elsewhere_pa
 
     last = next(key for key in s3.objects(bucket, "runs/resume/") if key.endswith(f"-ba{NODE_BATCHES}-rank0.pt"))
     export_main([f"s3://{bucket}/{last}", "--out", str(tmp_path / "hf")])
-    assert (tmp_path / "hf" / "config.json").exists()
+    assert_exported_from(s3.client().get_object(Bucket=bucket, Key=last)["Body"].read(), tmp_path)
     with pytest.raises(SystemExit):
         export_main([f"s3://{bucket}/{newest}.corrupt", "--out", str(tmp_path / "bad")])
     assert capsys.readouterr().err.strip().endswith(
         "its bytes do not match the digest recorded when it was written (or, without one, its CRC-32s); export an "
         "earlier checkpoint")
+
+
+def assert_exported_from(checkpoint_bytes: bytes, tmp_path: Path) -> None:
+    """The model exported to ``tmp_path / "hf"`` gives the logits of the checkpoint ``checkpoint_bytes`` holds."""
+    import torch
+    from transformers import PerceiverForMaskedLM
+
+    from perceiver_stream.export import load_checkpoint_model, read_checkpoint, run_config
+
+    local = tmp_path / "downloaded.pt"
+    local.write_bytes(checkpoint_bytes)
+    state = read_checkpoint(local)
+    cfg, _ = run_config(state, local, None, [])
+    ours = load_checkpoint_model(local, cfg.model, state)
+    exported = PerceiverForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    length = cfg.data.max_seq_len
+    input_ids = torch.randint(7, cfg.model.vocab_size, (2, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(inputs=input_ids).logits[:, :length],
+                                   ours(input_ids, torch.ones_like(input_ids)), atol=1e-5, rtol=1e-5)
