@@ -33,15 +33,16 @@ def tiny_mlm() -> TrainConfig:
     return build_train_config(load(TINY, [f"data.tokenizer={shared_path('tokenizers/xlnet-base-cased')}"]))
 
 
-def overrides(shards: Path, tmp_path: Path, **extra) -> list[str]:
-    """clf_rotten_tomatoes.yaml with mlm_tiny's encoder, on CPU, the test shards and private output folders."""
+def overrides(shards: Path, tmp_path: Path, stream: str = "rotten_tomatoes", **extra) -> list[str]:
+    """A classifier yaml's overrides for mlm_tiny's encoder, on CPU, the test shards (as ``stream``) and private
+    output folders."""
     mlm = tiny_mlm().model
     settings = {f"model.{key}": getattr(mlm, key) for key in ("vocab_size", "max_seq_len", "num_latents",
                                                                 "num_latent_channels")}
     settings.update({f"model.encoder.{k}": v for k, v in dataclasses.asdict(mlm.encoder).items()})
     settings.update({
         "data.tokenizer": shared_path("tokenizers/xlnet-base-cased"), "data.max_seq_len": 128,
-        "data.streams.rotten_tomatoes.local": shards, "data.num_workers": 1, "precision": "fp32",
+        f"data.streams.{stream}.local": shards, "data.num_workers": 1, "precision": "fp32",
         "save_folder": tmp_path / "ckpt", "loggers.tensorboard.log_dir": tmp_path / "tb", "progress_bar": "false",
     })
     settings.update(extra)
@@ -57,7 +58,8 @@ def val_batch(shards: Path, size: int = 16) -> dict[str, torch.Tensor]:
     return ClassificationCollator()(records)
 
 
-def assert_exports_with_our_logits(checkpoint: Path, out: Path, shards: Path) -> None:
+def assert_exports_with_our_logits(checkpoint: Path, out: Path, shards: Path,
+                                   labels: tuple[str, ...] = ("fresh", "rotten")) -> None:
     """The checkpoint exported to ``PerceiverForSequenceClassification`` gives the logits the checkpoint's own model
     gives on real documents, and carries the label names."""
     from transformers import PerceiverForSequenceClassification
@@ -72,7 +74,7 @@ def assert_exports_with_our_logits(checkpoint: Path, out: Path, shards: Path) ->
     with torch.no_grad():
         theirs = exported(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         torch.testing.assert_close(theirs, ours(batch["input_ids"], batch["attention_mask"]), atol=1e-5, rtol=1e-5)
-    assert exported.config.id2label == {0: "fresh", 1: "rotten"}
+    assert exported.config.id2label == dict(enumerate(labels))
 
 
 def val_accuracy(checkpoint: Path, shards: Path) -> tuple[float, float]:
@@ -156,3 +158,36 @@ def test_two_process_fine_tunes_export(rotten_tomatoes, tmp_path, parallelism):
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "ckpt" / ("ep0-ba4" if parallelism == "fsdp2" else "ep0-ba4-rank0.pt")
     assert_exports_with_our_logits(checkpoint, tmp_path / "hf", rotten_tomatoes)
+
+
+@pytest.mark.slow
+def test_the_bbc_news_recipe_fine_tunes_five_topics(bbc_news_quarter, tmp_path):
+    result = train([str(REPO / "yamls" / "clf_bbc_news.yaml"), *overrides(bbc_news_quarter, tmp_path, "bbc_news", **{
+        "max_duration": "3ba", "save_interval": "3ba", "eval_interval": "3ba", "eval_subset_num_batches": 1,
+        "data.num_workers": 0})])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_exports_with_our_logits(tmp_path / "ckpt" / "ep0-ba3-rank0.pt", tmp_path / "hf", bbc_news_quarter,
+                                   ("business", "entertainment", "politics", "sports", "tech"))
+
+
+@pytest.mark.parametrize("case", ["no labels", "different labels", "num_classes"])
+def test_labelled_data_mistakes_are_one_line_errors(case, rotten_tomatoes, bbc_news_quarter, tiny_shards, tmp_path,
+                                                    capsys):
+    from train import main
+
+    settings = {"no labels": {"data.streams.rotten_tomatoes.local": tiny_shards / "wikipedia"},
+                "different labels": {"data.streams.bbc_news.local": bbc_news_quarter},
+                "num_classes": {"model.num_classes": 3}}[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main([CLASSIFIER, *overrides(rotten_tomatoes, tmp_path, **settings)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    expected = {
+        "no labels": "train.py: error: stream 'rotten_tomatoes' (train) holds no labels: a classifier trains on "
+                     "labelled shards; convert them with perceiver-convert labelled (or rotten-tomatoes, bbc-news)",
+        "different labels": "train.py: error: the streams have different labels: rotten_tomatoes (train): ['fresh', "
+                            "'rotten']; ",
+        "num_classes": "train.py: error: model.num_classes=3 but the shards have 2 labels"}[case]
+    assert err.startswith(expected), err
+    if case == "different labels":
+        assert err.endswith("; convert them with the same --labels")
