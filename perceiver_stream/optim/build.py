@@ -17,7 +17,9 @@ NO_DECAY_PATTERNS = ("position_embedding", "latents", "output_queries")
 
 @dataclass
 class OptimizerConfig:
-    """Attributes:
+    """The ``optimizer:`` section.
+
+    Attributes:
         name: ``lamb`` (the blueprint's) or ``adamw`` (for comparison).
         lr, betas, eps, weight_decay: the usual; blueprint: lr 0.00125, weight decay 0.01.
         clamp_value, adam, debias: Lamb only (see ``Lamb``).

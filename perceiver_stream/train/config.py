@@ -16,7 +16,9 @@ SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"
 
 @dataclass
 class SchedulerConfig:
-    """Attributes:
+    """The learning-rate schedule (Composer's schedulers).
+
+    Attributes:
         name: ``constant_with_warmup`` (linear warmup, then constant: the blueprint's) or
             ``cosine_with_warmup`` (linear warmup, then cosine decay to ``alpha_f * lr``: the paper's option).
         t_warmup: warmup duration in Composer's time units (``1000ba``: 1,000 batches).
@@ -71,13 +73,27 @@ class FSDPSettings:
 
 @dataclass
 class ParallelismSettings:
-    """``fsdp: null`` (the default for one device) trains with DDP across devices."""
+    """How the run spreads over devices.
+
+    Attributes:
+        fsdp: sharded data parallelism (``FSDPSettings``); null trains with DDP across devices.
+    """
 
     fsdp: FSDPSettings | None = None
 
 
 @dataclass
 class WandBSettings:
+    """Weights & Biases (``WANDB_MODE=offline`` works without a network; ``wandb sync`` uploads later).
+
+    Attributes:
+        project: the W&B project.
+        entity: the W&B team or user (null: your default).
+        name: the run's name in W&B (null: ``run_name``).
+        group: a W&B group the run joins (e.g. a sweep's).
+        tags: W&B tags.
+    """
+
     project: str = "perceiver-stream"
     entity: str | None = None
     name: str | None = None
@@ -87,13 +103,25 @@ class WandBSettings:
 
 @dataclass
 class TensorBoardSettings:
+    """TensorBoard event files.
+
+    Attributes:
+        log_dir: where the event files go (a folder per ``run_name`` inside).
+        flush_interval: batches between writes to disk.
+    """
+
     log_dir: str = "logs/mlm"
     flush_interval: int = 100
 
 
 @dataclass
 class LoggerSettings:
-    """Any logger is switched off with ``loggers.<name>=null``."""
+    """Where metrics go; any logger is switched off with ``loggers.<name>=null``.
+
+    Attributes:
+        wandb: Weights & Biases (``WandBSettings``); null: off.
+        tensorboard: TensorBoard (``TensorBoardSettings``); null: off.
+    """
 
     wandb: WandBSettings | None = None
     tensorboard: TensorBoardSettings | None = None
@@ -101,7 +129,9 @@ class LoggerSettings:
 
 @dataclass
 class CallbackSettings:
-    """Attributes:
+    """What the run logs beside its losses and metrics.
+
+    Attributes:
         speed_monitor_window: batches SpeedMonitor averages throughput and MFU over.
         fill_mask_sentences: sentences with ``<mask>`` whose predictions are logged at every eval.
         sample_log: a JSONL file recording the global sample indices of every batch (a debugging aid for
@@ -135,8 +165,37 @@ class TrainConfig:
     """One training run. Trainer settings use Composer's names (as llm-foundry does).
 
     Attributes:
+        model: the model (``PerceiverMLMConfig``; for ``task: classification``, ``PerceiverClassifierConfig``).
+        data: the streams, tokenizer and masking (``DataConfig``; for a classifier, ``ClassificationDataConfig``).
         task: ``mlm`` (pretraining, this class) or ``classification`` (``ClassifierTrainConfig``): which model and
             data the ``model:`` and ``data:`` sections describe.
+        run_name: the run's name: checkpoints, logs and ``{run_name}`` in ``save_folder`` use it.
+        seed: seeds the initial weights and, unless ``data.masking_seed`` is set, the masks (the data order has
+            ``data.shuffle_seed``).
+        max_duration: how long to train, in Composer's time units (``500000ba``: batches; ``3ep``: epochs).
+        eval_interval: how often to evaluate on the val split (``1000ba``, ``1ep``).
+        eval_subset_num_batches: evaluate on this many batches of the val split (-1: all of it).
+        eval_first: evaluate before the first batch (the initialisation's figures, e.g. for the probes).
+        global_train_batch_size: samples per optimizer step over all devices (split evenly across them).
+        device_train_microbatch_size: samples per forward/backward pass on one device; smaller than the
+            per-device batch means gradient accumulation.
+        device_eval_batch_size: samples per evaluation batch on one device.
+        precision: ``fp32``, ``amp_bf16`` or ``amp_fp16`` (mixed precision needs a GPU).
+        grad_clip_norm: clip the gradients' global norm to this (null: no clipping).
+        optimizer: the optimizer (``OptimizerConfig``).
+        scheduler: the learning-rate schedule (``SchedulerConfig``).
+        parallelism: DDP or FSDP (``ParallelismSettings``).
+        save_folder: where checkpoints go: a local directory or an object-store URI (``s3://bucket/path``), with
+            ``{run_name}`` filled in; null: no checkpoints. A run holds it against a second run (``lease.py``).
+        save_interval: how often to save a checkpoint (``1000ba``, ``1ep``).
+        save_num_checkpoints_to_keep: how many local checkpoints to keep (-1: all).
+        save_overwrite: let a checkpoint replace an existing file of the same name.
+        autoresume: continue from the newest intact checkpoint in ``save_folder`` (needs ``run_name``).
+        load_path: a checkpoint to start from (weights, optimizer and data position), when not autoresuming.
+        console_log_interval: how often metrics are printed when ``progress_bar`` is off.
+        progress_bar: a progress bar on the console instead of metric lines.
+        loggers: TensorBoard and W&B (``LoggerSettings``).
+        callbacks: fill-mask table, sample log, linear probes, throughput window (``CallbackSettings``).
         dist_timeout: seconds a rank waits for the others, at start and in each collective (torch's default is
             30 minutes). A rank that dies is noticed at once; one silent this long counts as lost too. Either way
             every rank stops with one line, and relaunching all nodes with ``autoresume`` continues the run.
