@@ -1,7 +1,7 @@
 """Hugging Face hub datasets as conversion input: parquet repositories, cached or streamed, split among workers.
 
 ``datasets`` >= 4 no longer runs loading scripts, so the blueprint's ``wikipedia`` and ``bookcorpus``
-repositories do not load any more; the defaults are parquet repositories (README, "Converting data").
+repositories do not load any more; the defaults are parquet repositories (docs/converting.md).
 A dataset is named ``NAME[:CONFIG][@REVISION]``; NAME may also be a local directory laid out like a hub
 dataset. The main process opens each dataset once before any worker starts (downloading it unless streaming,
 resolving the revision to a commit), so that a failure is one line naming the dataset, and every worker then

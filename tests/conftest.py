@@ -16,8 +16,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # torch 2.7 checks the C++ compiler's vector ISAs in every process that compiles with inductor by starting four
 # Python interpreters that import torch (pytorch#140970; later releases cache the result): 10-25 s a process here,
-# some forty seconds of the suite. On the development machine the CPU's flags name the ISA the check picks (README,
-# "Troubleshooting").
+# some forty seconds of the suite. On the development machine the CPU's flags name the ISA the check picks
+# (docs/troubleshooting.md).
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test` runs pytest-xdist workers: they share the cores
     os.environ.setdefault("OMP_NUM_THREADS",

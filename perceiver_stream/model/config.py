@@ -91,7 +91,7 @@ class PerceiverConfig:
         local_init: start with ordered local attention (``perceiver_stream.model.local_init``): encoder head h
             of latent i reads one input position, at offset h from the latent's share of the sequence; output
             query p reads the latents holding p; latent self-attention layers start as the identity. What makes
-            the model leave the unigram plateau within a few hundred batches (README, "Learning"). Only initial
+            the model leave the unigram plateau within a few hundred batches (docs/design.md). Only initial
             values change; the architecture and the export are the same.
         layer_norm_eps: epsilon of every LayerNorm.
         activation_checkpointing: recompute each attention layer's activations in the backward pass.

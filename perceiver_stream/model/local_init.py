@@ -4,7 +4,7 @@ With the paper's Normal(0, 0.02) initialisation every cross-attention is almost 
 the mean of all input positions and each output query the mean of all latents. Every position then gets the
 same prediction, the unigram distribution, and the model sits on that plateau for thousands of steps.
 
-Measured (README, "Learning"): making attention merely *local* is not enough. A latent whose heads all read a
+Measured (docs/design.md): making attention merely *local* is not enough. A latent whose heads all read a
 window around its own cells gets an unordered bag of its neighbourhood, and the model stays on the plateau as
 long as with uniform attention; a latent whose heads each read *one* input position, head ``h`` at offset
 ``h - (H - 1) / 2`` from the latent's centre, holds its neighbourhood in order and the model leaves the plateau

@@ -26,7 +26,7 @@ class OptimizerConfig:
         no_weight_decay: regular expressions; a parameter whose name matches one gets no weight decay.
             Parameters with fewer than 2 dimensions (biases, LayerNorm) never get any.
         adam_params: Lamb only: regular expressions; a parameter whose name matches one takes Adam's per-element
-            update (trust ratio 1) at ``adam_lr`` instead of Lamb's layer-wise one (README, "Learning": the token
+            update (trust ratio 1) at ``adam_lr`` instead of Lamb's layer-wise one (docs/design.md: the token
             embedding, whose rows are each a few tokens' alone, barely moves under one trust ratio for the whole
             matrix).
         adam_lr: the learning rate of ``adam_params`` (None: ``lr``).

@@ -173,7 +173,7 @@ def run_record(cfg: TrainConfig, info: DataInfo) -> dict:
 
 
 def resume_settings(cfg: TrainConfig, info: DataInfo) -> dict:
-    """What must not change between restarts for a resumed run to continue exactly (see README)."""
+    """What must not change between restarts for a resumed run to continue exactly (docs/resumption.md)."""
     data = cfg.data
     settings = {
         "global_train_batch_size": cfg.global_train_batch_size,

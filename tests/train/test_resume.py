@@ -4,7 +4,7 @@ losses and bitwise the same final weights (CPU, fp32, mlm_tiny).
 Runs are forked from a process that has imported the trainer (tests/train/forked.py). Every run here uses one
 intra-op thread. With two threads on a busy 2-core machine, some steps come out one
 float32 ulp apart between otherwise identical runs (the reduction order of CPU kernels then varies), and
-Lamb's normalised updates amplify such an ulp where gradients are near zero; README's resumption section
+Lamb's normalised updates amplify such an ulp where gradients are near zero; docs/resumption.md
 says so.
 """
 
@@ -287,7 +287,7 @@ def test_two_process_checkpoint_resumes_on_one_process(tiny_shards, ddp_referenc
         theirs = dict(zip(expected[batch]["samples"], expected[batch]["digests"], strict=True))
         assert ours == theirs, batch  # the same samples with the same masks in every global batch
     # One process sums the global batch's gradient in another order than two ranks' all-reduce: the same run up to
-    # float32 rounding, not bit for bit (README, "Resumption").
+    # float32 rounding, not bit for bit (docs/resumption.md).
     losses = [(resumed[b]["loss"], expected[b]["loss"]) for b in sorted(resumed)]
     loss_gap = max(abs(a - b) / abs(b) for a, b in losses)
     start, ours, theirs = (torch.load(checkpoint(d, batch), map_location="cpu", weights_only=False)["state"]["model"]
