@@ -1,6 +1,6 @@
 """Our Composer callbacks: fill-mask predictions and linear probes at every eval, a per-batch log of sample identity,
-the resume guard, a stop at the first non-finite loss, the first batch's time, and torch.compile's cache in
-checkpoints."""
+the resume guard, a stop at the first non-finite loss, the first batch's time, torch.compile's cache in checkpoints,
+and a stop when another run took the save folder."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 from perceiver_stream.config import ConfigError
 from perceiver_stream.probe import ProbeTask, probe_accuracy
 from perceiver_stream.remote import upload
+from perceiver_stream.train.lease import Lease, SaveFolderInUse
 from perceiver_stream.train.resume import write_digests
 
 log = logging.getLogger(__name__)
@@ -319,3 +320,15 @@ class StopOnNonFiniteLoss(Callback):
                 f"the loss is {total.item()} at batch {state.timestamp.batch.value + 1} (on this rank): stopped "
                 "before the optimizer step, so no checkpoint holds it; the newest checkpoint is from an earlier "
                 "batch. Lower optimizer.lr, add grad_clip_norm, or check that batch's samples (callbacks.sample_log)")
+
+
+class LeaseWatch(Callback):
+    """Stops the run, before its next checkpoint, when its lease was taken (its renewals stalled past the lease and
+    another run took the folder): two writers must not share one folder."""
+
+    def __init__(self, lease: Lease):
+        self.lease = lease
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self.lease.lost is not None:
+            raise SaveFolderInUse(f"{self.lease.lost}; stopped so that the two runs do not write one folder")

@@ -13,8 +13,13 @@ import argparse
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from perceiver_stream.train.lifetime import end_with_parent_if_spawned
+
+if TYPE_CHECKING:
+    from perceiver_stream.train.config import TrainConfig
+    from perceiver_stream.train.lease import Lease
 
 # A process the rank spawns runs the main script first (as __mp_main__), and this is its first import: it asks to
 # die with the rank (perceiver_stream.train.lifetime) before anything else, and the trainer's imports wait in main(),
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         sys.exit(2)
 
 
-def train(cfg, prog: str) -> None:
+def train(cfg: TrainConfig, prog: str) -> None:
     """Hold the save folder (global rank 0), build the trainer and fit; a failure a user can act on is one line."""
     from composer.utils import dist
 
@@ -78,11 +83,10 @@ def train(cfg, prog: str) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def fit(cfg, lease, prog: str) -> None:
+def fit(cfg: TrainConfig, lease: Lease | None, prog: str) -> None:
     """Build the trainer and fit, stopping when another run takes the save folder (``lease``, rank 0's)."""
     from perceiver_stream.data import DataError
-    from perceiver_stream.train.callbacks import NonFiniteLossError
-    from perceiver_stream.train.lease import LeaseWatch
+    from perceiver_stream.train.callbacks import LeaseWatch, NonFiniteLossError
     from perceiver_stream.train.space import full_disk_error
     from perceiver_stream.train.trainer import build_trainer, local_save_folder
 

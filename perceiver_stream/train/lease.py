@@ -25,8 +25,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from composer import Callback, Logger, State
-
 from perceiver_stream.errors import first_line
 from perceiver_stream.remote import is_remote
 
@@ -267,14 +265,3 @@ def held(folder: str | None, run_name: str):
         if lease is not None:
             lease.release()
 
-
-class LeaseWatch(Callback):
-    """Stops the run, before its next checkpoint, when its lease was taken (its renewals stalled past the lease and
-    another run took the folder): two writers must not share one folder."""
-
-    def __init__(self, lease: Lease):
-        self.lease = lease
-
-    def batch_end(self, state: State, logger: Logger) -> None:
-        if self.lease.lost is not None:
-            raise SaveFolderInUse(f"{self.lease.lost}; stopped so that the two runs do not write one folder")

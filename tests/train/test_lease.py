@@ -18,7 +18,8 @@ import time
 import pytest
 
 from perceiver_stream.train import lease as lease_module
-from perceiver_stream.train.lease import LOCK_NAME, Holder, LeaseWatch, SaveFolderInUse, acquire
+from perceiver_stream.train.callbacks import LeaseWatch
+from perceiver_stream.train.lease import LOCK_NAME, Holder, SaveFolderInUse, acquire
 from tests.train.conftest import TINY, tiny_overrides
 from tests.train.forked import Run, train
 
