@@ -117,7 +117,7 @@ def where_the_time_goes(bucket: str, prefix: str, local: Path) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard-size-limit", type=int, default=1 << 23, help="bytes per shard (uncompressed)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     corpus = bench_corpus()
     server, env = start_s3()
