@@ -117,7 +117,7 @@ def main() -> None:
     checkpoints = {"ours": args.weights, "random": args.initial}
     try:
         models = {name: mlm_from_checkpoint(checkpoints[name]) for name in args.legs}
-        batches = int(read_checkpoint(args.weights)["timestamp"]["batch"])
+        batches = int(read_checkpoint(args.weights)["timestamp"]["Timestamp"]["batch"])  # Composer's serialisation
     except CheckpointError as e:
         raise SystemExit(f"{PROG}: {e}") from None
     config = next(iter(models.values())).config
