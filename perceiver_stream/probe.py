@@ -4,8 +4,8 @@ regression on their mean and max over the latents.
 Masked-token accuracy says a pretraining run is learning to fill masks; it does not say the encoder is getting better
 for a task. A probe on a few thousand labelled documents takes seconds, so a run can measure it at every evaluation
 (``callbacks.probes``, logged as ``metrics/probe/<task>/accuracy``) and show the downstream curve of the whole
-pretraining, the first evaluation (``eval_first``) giving the initialisation's figure to beat. ``experiments/downstream.py``
-and ``experiments/encoder_stages.py`` fit the same regression.
+pretraining, the first evaluation (``eval_first``) giving the initialisation's figure to beat.
+``experiments/downstream.py`` and ``experiments/encoder_stages.py`` fit the same regression.
 """
 
 from __future__ import annotations
