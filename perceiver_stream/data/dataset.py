@@ -143,7 +143,7 @@ def _compressed_only(split_dir: Path) -> bool:
     if not index.exists():
         return False
     return any(shard.get("zip_data") and not (split_dir / shard["raw_data"]["basename"]).exists()
-               for shard in read_json(index, f"{split_dir}")["shards"])
+               for shard in read_json(index, str(split_dir))["shards"])
 
 
 def read_manifest(name: str, stream: StreamConfig, split: str, timeout: float) -> dict:
@@ -243,7 +243,7 @@ def verify_shards(name: str, split_dir: Path) -> int:
             _write_decompressed(path, shard["compression"], raw_path)
         except OSError as e:
             raise DataError(f"stream {name!r}: cannot write the decompressed shard {raw_path} ({e.strerror}); restore "
-                            f"it, or remove the directory's decompressed shards so that it is read through "
+                            "it, or remove the directory's decompressed shards so that it is read through "
                             "data.cache_dir") from None
     return len(shards)
 
