@@ -63,14 +63,16 @@ def paragraphs(texts: Iterator[str], every: int = 1) -> Iterator[str]:
 
 
 def train_unigram(texts: Iterator[str], vocab_size: int, out: Path, *, every: int = 1) -> PreTrainedTokenizerFast:
-    """Train a SentencePiece-style unigram tokenizer (NFKC, Metaspace) on every ``every``-th paragraph of the texts
-    and save it where AutoTokenizer loads it. The files are written beside ``out`` and moved in with
+    """Train a SentencePiece-style unigram tokenizer (NFKC, whitespace runs as one space, Metaspace) on every
+    ``every``-th paragraph of the texts and save it where AutoTokenizer loads it. The files are written beside ``out`` and moved in with
     ``tokenizer.json`` last, so a tokenizer.json in ``out`` means a complete tokenizer (a run killed midway leaves none
     to be mistaken for one)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     backend = Tokenizer(models.Unigram())
-    backend.normalizer = normalizers.NFKC()
+    # Every run of whitespace is one space (as sentencepiece's normalisation does): the trainer sees lines, so a
+    # newline or tab left in a document would be no piece of the vocabulary, an <unk> gluing two words into one.
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(

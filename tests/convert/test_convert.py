@@ -352,6 +352,9 @@ def test_tokenizer_training_makes_a_loadable_fast_tokenizer(tmp_path, wiki_files
     ids = tokenizer(text, add_special_tokens=False).input_ids
     assert tokenizer.decode(ids) == text and tokenizer.unk_token_id not in ids
     assert tokenizer.convert_ids_to_tokens(ids)[0].startswith("\u2581")
+    # line breaks and tabs inside a document are word boundaries, not unknown pieces gluing two words together
+    broken = tokenizer("The album was\nreleased in\t2019 by\n\nthe band.", add_special_tokens=False)
+    assert broken.input_ids == ids and broken.word_ids() == tokenizer(text, add_special_tokens=False).word_ids()
 
 
 def test_inspect_shows_counts_and_word_boundaries(tmp_path, wiki_files, capsys):
