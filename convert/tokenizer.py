@@ -64,9 +64,9 @@ def paragraphs(texts: Iterator[str], every: int = 1) -> Iterator[str]:
 
 def train_unigram(texts: Iterator[str], vocab_size: int, out: Path, *, every: int = 1) -> PreTrainedTokenizerFast:
     """Train a SentencePiece-style unigram tokenizer (NFKC, whitespace runs as one space, Metaspace) on every
-    ``every``-th paragraph of the texts and save it where AutoTokenizer loads it. The files are written beside ``out`` and moved in with
-    ``tokenizer.json`` last, so a tokenizer.json in ``out`` means a complete tokenizer (a run killed midway leaves none
-    to be mistaken for one)."""
+    ``every``-th paragraph of the texts and save it where AutoTokenizer loads it. The files are written beside ``out``
+    and moved in with ``tokenizer.json`` last, so a tokenizer.json in ``out`` means a complete tokenizer (a run killed
+    midway leaves none to be mistaken for one)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     backend = Tokenizer(models.Unigram())
