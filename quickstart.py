@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
                  f"loggers.tensorboard.log_dir={out}/tb", *args.set]
     step("corpus", False)
     streams = sources(args.download_dir or DOWNLOADS, args.source)
+    for name, source in streams.items():  # kept between runs: text to convert with other settings, offline
+        where = ", ".join(sorted({str(Path(file).parent) for file in source.files})) or source.describe()
+        print(f"    {name}: {len(source.files)} file(s) in {where}", flush=True)
     if "bookcorpus" not in streams:
         overrides.append("data.streams.bookcorpus=null")
     if step("tokenizer", (out / "tokenizer" / "tokenizer.json").exists()):

@@ -39,7 +39,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "perceiver_stream.train.cli", "mlm_tiny", *streams,
                         f"data.tokenizer={tokenizer}", f"model.vocab_size={len(load_tokenizer(tokenizer))}",
                         f"max_duration={batches}ba", f"eval_interval={batches}ba", "eval_subset_num_batches=8",
-                        f"loggers.tensorboard.log_dir={tmp}/tb", "progress_bar=false",
+                        f"loggers.tensorboard.log_dir={tmp}/tb", "progress_bar=false", "save_folder=null",
                         "callbacks.speed_monitor_window=20"],
                        cwd=tmp, check=True, stdout=subprocess.DEVNULL)
         events = EventAccumulator(f"{tmp}/tb/mlm-tiny")

@@ -28,11 +28,13 @@ from perceiver_stream.model.config import (
 
 def check_settings(source: str, pretrained: dict[str, Any], configured: dict[str, Any]) -> None:
     """The encoder's settings (``PerceiverConfig``'s keys, the decoder aside) must be pretraining's."""
-    differ = [f"model.{key}={now!r} but {source} has {found!r}" for key, found, now in differing_settings(
-        pretrained, configured, ignore=RUNTIME_KEYS, sections={f.name for f in dataclasses.fields(PerceiverConfig)})]
-    if differ:
-        raise ConfigError(f"model.encoder_from={source}: the encoder was trained with other settings: "
-                          f"{'; '.join(differ)}; set them as in pretraining")
+    differing = differing_settings(pretrained, configured, ignore=RUNTIME_KEYS,
+                                   sections={f.name for f in dataclasses.fields(PerceiverConfig)})
+    if differing:
+        found = "; ".join(f"model.{key}={now!r} but {source} has {was!r}" for key, was, now in differing)
+        overrides = " ".join(f"model.{key}={was}" for key, was, _ in differing)
+        raise ConfigError(f"model.encoder_from={source}: the encoder was trained with other settings: {found}; set "
+                          f"them as in pretraining: {overrides}")
 
 
 def _from_transformers(source: Path, tokenizer_fingerprints: tuple[str, ...]) -> tuple[dict[str, torch.Tensor],

@@ -188,6 +188,9 @@ def test_an_encoder_of_another_shape_is_named(mlm_checkpoint, override, message)
     with pytest.raises(ConfigError) as error:
         initial_classifier(cfg.model, 2, (tokenizer_fingerprint,))
     assert message.format(path=path) in str(error.value) and "\n" not in str(error.value)
+    key, _, value = message.format(path=path).split(" but ")[0].partition("=")
+    pretrained = message.rsplit(" has ", 1)[1]
+    assert str(error.value).endswith(f"; set them as in pretraining: {key}={pretrained}")  # ready to paste
 
 
 def test_an_encoder_of_another_tokenizer_is_refused(mlm_checkpoint, tmp_path):

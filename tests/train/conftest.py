@@ -64,6 +64,7 @@ def tiny_overrides(shards: Path, tmp_path: Path, **extra) -> list[str]:
         "data.tokenizer": shared_path("tokenizers/xlnet-base-cased"),
         "loggers.tensorboard.log_dir": tmp_path / "tb",
         "progress_bar": "false",
+        "save_folder": "null",  # the recipe's checkpoints/{run_name} would be the repository's, shared by every test
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
