@@ -38,7 +38,7 @@ if problems:
 print(f"gpu_rehearse.sh: every part of gpu_check.py --smoke ran under {versions} with the staged wheels")
 EOF
 
-PROJECT_PYTHON="$(realpath "${PROJECT_PYTHON:-${VENV:-.venv}/bin/python}")"
+PROJECT_PYTHON="$(realpath -s "${PROJECT_PYTHON:-${VENV:-.venv}/bin/python}")"  # -s: a venv's python is a link
 work="$DIR/checkpoint"
 rm -rf "$work" && mkdir -p "$work"
 tokenizer="$(realpath .gpu/xlnet-base-cased)"
