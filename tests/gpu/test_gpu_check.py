@@ -102,7 +102,9 @@ def test_every_part_runs_at_a_tiny_shape_on_the_cpu(tmp_path):
     assert not broken, printed
     log = (tmp_path / "result-train-fsdp2.log").read_text()  # the run's whole output, kept beside --out
     logged = re.findall(r"Train throughput/tokens_per_sec: ([\d.]+)", log)
-    assert logged and printed["train"]["fsdp2"]["tokens_per_s"] == round(float(logged[-1]), 4), printed["train"]
+    # TensorBoard keeps float32 (7 significant digits), the console prints 4 decimals of the float64 it logged
+    assert logged and abs(printed["train"]["fsdp2"]["tokens_per_s"] - float(logged[-1])) <= \
+        1e-6 * float(logged[-1]) + 1e-4, (logged[-1], printed["train"])
     assert "Eval metrics/eval/MaskTokenAccuracy" in log
 
 

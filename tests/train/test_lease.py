@@ -273,3 +273,28 @@ def test_runs_on_one_folder_refused_taken_over_after_kill_and_released_on_sigter
     while pair.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pair.poll() is not None and not lock.exists()
+
+
+@pytest.mark.slow
+def test_runs_on_one_bucket_folder_the_second_refused_and_the_lease_released(tiny_shards, tmp_path, s3):
+    """The same on moto's S3 server: a run saving to a bucket holds its lease object; the same command launched again
+    exits 2 naming it; the lease is gone once the first run ends."""
+    bucket = s3.bucket()
+    folder = f"s3://{bucket}/runs/mlm-tiny"
+    overrides = tiny_overrides(tiny_shards, tmp_path, **{
+        "save_folder": "s3://" + bucket + "/runs/{run_name}", "save_interval": "2ba", "max_duration": "60ba",
+        "eval_interval": "1000ba", "data.num_workers": 0, "global_train_batch_size": 8,
+        "device_train_microbatch_size": 8})
+    first = Run([TINY, *overrides], env={"OMP_NUM_THREADS": "1", **s3.env}, cwd=tmp_path)
+    wait_for(lambda: f"runs/mlm-tiny/{LOCK_NAME}" in s3.objects(bucket), "its lease object", first)
+    holder = json.loads(s3.client().get_object(Bucket=bucket, Key=f"runs/mlm-tiny/{LOCK_NAME}")["Body"].read())
+    assert holder["pid"] == first.pid
+    second = train([TINY, *overrides], env=s3.env, cwd=tmp_path)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: save_folder={folder} is in use by run 'mlm-tiny' (host {socket.gethostname()}, pid "
+        f"{first.pid}, since {since(holder)}): two runs writing one folder would resume from each other's "
+        f"checkpoints. Wait for it to end (a lock its holder stops renewing expires 120 s after), or if that run is "
+        f"gone, delete {folder}/{LOCK_NAME}")
+    assert first.wait() == 0, first.result().stderr[-3000:]
+    assert f"runs/mlm-tiny/{LOCK_NAME}" not in s3.objects(bucket)
