@@ -41,6 +41,7 @@ from perceiver_stream.train.callbacks import (
     StopOnNonFiniteLoss,
 )
 from perceiver_stream.train.config import ClassifierTrainConfig, TrainConfig, batch_plan
+from perceiver_stream.train.console import RunConsole, console_given
 from perceiver_stream.train.finetune import initial_classifier
 from perceiver_stream.train.resume import check_model_settings, fetch_intact, fetch_newest_intact, repair_latest
 from perceiver_stream.train.space import warn_if_short
@@ -163,6 +164,8 @@ def build_loggers(cfg: TrainConfig) -> list:
             init_kwargs["settings"] = {"allow_offline_artifacts": False}
         loggers.append(WandBLogger(project=w.project, entity=w.entity, name=w.name or cfg.run_name, group=w.group,
                                    tags=w.tags or None, init_kwargs=init_kwargs))
+    if not cfg.progress_bar:
+        loggers.append(RunConsole(log_interval=cfg.console_log_interval))
     return loggers
 
 
@@ -286,39 +289,40 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     classifier = isinstance(cfg, ClassifierTrainConfig)
     algorithms = [] if cfg.grad_clip_norm is None else [
         GradientClipping(clipping_type="norm", clipping_threshold=cfg.grad_clip_norm)]
-    trainer = Trainer(
-        run_name=cfg.run_name,
-        model=model,
-        train_dataloader=DataSpec(train_loader, get_num_tokens_in_batch=count_samples if classifier else count_tokens),
-        # the MLM's loss is the mean over the global batch's labelled tokens, a classifier's over its samples
-        accumulate_train_batch_on_tokens=not classifier,
-        eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(model.get_metrics())),
-        eval_interval=cfg.eval_interval,
-        eval_subset_num_batches=cfg.eval_subset_num_batches,
-        optimizers=optimizer,
-        schedulers=scheduler,
-        algorithms=algorithms,
-        max_duration=cfg.max_duration,
-        device=device_name(),
-        device_train_microbatch_size=plan.microbatch_size,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        parallelism_config=parallelism_config(cfg),
-        save_folder=cfg.save_folder,
-        save_interval=cfg.save_interval,
-        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=cfg.save_overwrite,
-        # In a bucket, autoresume lists the checkpoints (above): Composer's `latest` symlink object would only hold
-        # each run's end for half a minute while its uploader polls for the checkpoint before writing it.
-        **({"save_latest_filename": None} if bucket is not None else {}),
-        autoresume=cfg.autoresume and bucket is None,
-        load_path=cfg.load_path if resume_from is None else str(resume_from),
-        loggers=build_loggers(cfg),
-        callbacks=build_callbacks(cfg, info, probes),
-        console_log_interval=cfg.console_log_interval,
-        progress_bar=cfg.progress_bar,
-        log_to_console=not cfg.progress_bar,
-        dist_timeout=cfg.dist_timeout,
-    )
+    with console_given():
+        trainer = Trainer(
+            run_name=cfg.run_name,
+            model=model,
+            train_dataloader=DataSpec(train_loader,
+                                      get_num_tokens_in_batch=count_samples if classifier else count_tokens),
+            # the MLM's loss is the mean over the global batch's labelled tokens, a classifier's over its samples
+            accumulate_train_batch_on_tokens=not classifier,
+            eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(model.get_metrics())),
+            eval_interval=cfg.eval_interval,
+            eval_subset_num_batches=cfg.eval_subset_num_batches,
+            optimizers=optimizer,
+            schedulers=scheduler,
+            algorithms=algorithms,
+            max_duration=cfg.max_duration,
+            device=device_name(),
+            device_train_microbatch_size=plan.microbatch_size,
+            precision=cfg.precision,
+            seed=cfg.seed,
+            parallelism_config=parallelism_config(cfg),
+            save_folder=cfg.save_folder,
+            save_interval=cfg.save_interval,
+            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+            save_overwrite=cfg.save_overwrite,
+            # In a bucket, autoresume lists the checkpoints (above): Composer's `latest` symlink object would only hold
+            # each run's end for half a minute while its uploader polls for the checkpoint before writing it.
+            **({"save_latest_filename": None} if bucket is not None else {}),
+            autoresume=cfg.autoresume and bucket is None,
+            load_path=cfg.load_path if resume_from is None else str(resume_from),
+            loggers=build_loggers(cfg),
+            callbacks=build_callbacks(cfg, info, probes),
+            progress_bar=cfg.progress_bar,
+            log_to_console=False,  # RunConsole (build_loggers) when the progress bar is off
+            dist_timeout=cfg.dist_timeout,
+        )
     trainer.logger.log_hyperparameters(run_record(cfg, info))
     return trainer

@@ -159,11 +159,11 @@ def wandb_records(run_dir: Path) -> tuple[set[str], dict[str, str]]:
     return history, config
 
 
-def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_path):
+def test_wandb_offline_run_holds_metrics_and_fill_mask_table_and_the_console_the_run_s_progress(tiny_shards, tmp_path):
     overrides = tiny_overrides(tiny_shards, tmp_path, max_duration="10ba", eval_interval="10ba",
-                               eval_subset_num_batches=1, **{"loggers.wandb.project": "test",
-                                                              "loggers.tensorboard": "null",
-                                                              "callbacks.speed_monitor_window": 5})
+                               eval_subset_num_batches=1, console_log_interval="10ba",
+                               **{"loggers.wandb.project": "test", "loggers.tensorboard": "null",
+                                  "callbacks.speed_monitor_window": 5})
     result = train([TINY, *overrides], env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
@@ -178,6 +178,14 @@ def test_wandb_offline_run_holds_metrics_and_fill_mask_table(tiny_shards, tmp_pa
     assert json.loads(config["data_manifests"])["wikipedia/train"]["tokenizer"]["vocab_size"] == 32000
     assert json.loads(config["config"])["optimizer"]["name"] == "lamb"
     assert not (tmp_path / "tb").exists()
+    # W&B has every parameter's gradient norm; the console (progress_bar=false) only the global one, and the
+    # fill-mask predictions as log lines rather than a table's JSON
+    assert "l2_norm/grad/model.encoder.latents" in history
+    console = [line for line in result.stderr.splitlines() if not line.startswith("wandb:")]  # its run summary
+    norms = [line.strip() for line in console if "l2_norm/" in line]
+    assert norms and all(line.startswith("Train l2_norm/grad/global: ") for line in norms), norms[:5]
+    assert sum("fill-mask The capital of France is <mask>. -> " in line for line in console) == 1
+    assert not any("Eval fill_mask" in line for line in console)
 
 
 def test_the_first_batch_time_is_logged_once():
