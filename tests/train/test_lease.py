@@ -43,6 +43,14 @@ def since(record: dict) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["since"]))
 
 
+def refusal(folder: object, record: dict, lock: object) -> str:
+    """The line refusing a second run on ``folder`` while ``record``'s holder (on this host) renews ``lock``."""
+    return (f"save_folder={folder} is in use by run '{record['run_name']}' (host {socket.gethostname()}, pid "
+            f"{record['pid']}, since {since(record)}): two runs writing one folder would resume from each other's "
+            f"checkpoints. Wait for it to end (a lock its holder stops renewing expires 120 s after), or if that run "
+            f"is gone, delete {lock}")
+
+
 def test_a_live_holder_refuses_a_second_run_with_one_line_naming_it(tmp_path):
     lease = acquire(str(tmp_path), "first")
     try:
@@ -50,11 +58,7 @@ def test_a_live_holder_refuses_a_second_run_with_one_line_naming_it(tmp_path):
         assert (record["host"], record["pid"], record["run_name"]) == (socket.gethostname(), os.getpid(), "first")
         with pytest.raises(SaveFolderInUse) as refused:
             acquire(str(tmp_path), "second")
-        assert str(refused.value) == (
-            f"save_folder={tmp_path} is in use by run 'first' (host {socket.gethostname()}, pid {os.getpid()}, since "
-            f"{since(record)}): two runs writing one folder would resume from each other's checkpoints. Wait for it "
-            f"to end (a lock its holder stops renewing expires 120 s after), or if that run is gone, delete "
-            f"{tmp_path / LOCK_NAME}")
+        assert str(refused.value) == refusal(tmp_path, record, tmp_path / LOCK_NAME)
     finally:
         lease.release()
     assert not (tmp_path / LOCK_NAME).exists()
@@ -248,11 +252,7 @@ def test_runs_on_one_folder_refused_taken_over_after_kill_and_released_on_sigter
 
     second = train([TINY, *overrides])
     assert second.returncode == 2
-    assert second.stderr.strip().splitlines()[-1] == (
-        f"train.py: error: save_folder={folder} is in use by run 'mlm-tiny' (host {socket.gethostname()}, pid "
-        f"{first.pid}, since {since(holder)}): two runs writing one folder would resume from each other's "
-        f"checkpoints. Wait for it to end (a lock its holder stops renewing expires 120 s after), or if that run is "
-        f"gone, delete {lock}")
+    assert second.stderr.strip().splitlines()[-1] == "train.py: error: " + refusal(folder, holder, lock)
     assert json.loads(lock.read_text())["pid"] == first.pid  # untouched
 
     first.kill()
@@ -288,13 +288,10 @@ def test_runs_on_one_bucket_folder_the_second_refused_and_the_lease_released(tin
     first = Run([TINY, *overrides], env={"OMP_NUM_THREADS": "1", **s3.env}, cwd=tmp_path)
     wait_for(lambda: f"runs/mlm-tiny/{LOCK_NAME}" in s3.objects(bucket), "its lease object", first)
     holder = json.loads(s3.client().get_object(Bucket=bucket, Key=f"runs/mlm-tiny/{LOCK_NAME}")["Body"].read())
-    assert holder["pid"] == first.pid
+    assert (holder["pid"], holder["run_name"]) == (first.pid, "mlm-tiny")
     second = train([TINY, *overrides], env=s3.env, cwd=tmp_path)
     assert second.returncode == 2
-    assert second.stderr.strip().splitlines()[-1] == (
-        f"train.py: error: save_folder={folder} is in use by run 'mlm-tiny' (host {socket.gethostname()}, pid "
-        f"{first.pid}, since {since(holder)}): two runs writing one folder would resume from each other's "
-        f"checkpoints. Wait for it to end (a lock its holder stops renewing expires 120 s after), or if that run is "
-        f"gone, delete {folder}/{LOCK_NAME}")
+    lease = f"{folder}/{LOCK_NAME}"
+    assert second.stderr.strip().splitlines()[-1] == "train.py: error: " + refusal(folder, holder, lease)
     assert first.wait() == 0, first.result().stderr[-3000:]
     assert f"runs/mlm-tiny/{LOCK_NAME}" not in s3.objects(bucket)
