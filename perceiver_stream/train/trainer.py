@@ -235,10 +235,9 @@ def build_model(cfg: TrainConfig, info: DataInfo, *, wrap_activation_checkpointi
 
 
 def build_trainer(cfg: TrainConfig) -> Trainer:
-    """Everything checked first (environment, batch plan, shards), then the Trainer."""
+    """Everything checked first (environment, batch plan, shards), then the Trainer. The save folder is checked by the
+    caller that holds it (``cli.train``: checked, then locked, then this)."""
     check_environment(cfg)
-    if dist.get_global_rank() == 0:
-        check_save_folder(cfg)
     share_cpu_threads()
     plan = batch_plan(cfg, dist.get_world_size())  # the launcher's WORLD_SIZE before dist starts
     folder, remote = local_save_folder(cfg), remote_save_folder(cfg)
