@@ -103,12 +103,13 @@ class MLMStreamingDataset(StreamingDataset):
 @dataclass
 class DataInfo:
     """The configured tokenizer, its fingerprints (``data.tokenizer.fingerprints``: what is recorded now, then what
-    shards and checkpoints of earlier releases recorded), each stream's manifest by ``(stream, split)``, and for
-    labelled shards their label vocabulary."""
+    shards and checkpoints of earlier releases recorded), each stream's manifest and the ``(local, remote)`` its
+    loader reads (``loader_paths``) by ``(stream, split)``, and for labelled shards their label vocabulary."""
 
     tokenizer: PreTrainedTokenizerFast
     tokenizer_fingerprints: tuple[str, ...]
     manifests: dict[tuple[str, str], dict]
+    paths: dict[tuple[str, str], tuple[str, str | None]]
     labels: list[str] | None = None
 
     @property
@@ -270,7 +271,7 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
         raise DataError(f"data.tokenizer={e}") from None
     tokenizer_fingerprints = fingerprints(tokenizer)
     check_distinct_streams(cfg)
-    manifests = {}
+    manifests, paths = {}, {}
     for name, stream in cfg.streams.items():
         for split in splits:
             manifest = read_manifest(name, stream, split, cfg.download_timeout)
@@ -287,10 +288,11 @@ def prepare(cfg: StreamingDataConfig, splits: tuple[str, ...] = ("train", "val")
             if cfg.verify_shards and remote is None and get_local_rank() == 0:
                 verify_shards(name, Path(local))
             manifests[(name, split)] = manifest
+            paths[(name, split)] = (local, remote)
     if "val" in splits and not any(split == "val" for _, split in manifests):
         raise DataError("no stream has val samples; reconvert with a larger --val-fraction")
     labels = label_vocabulary(manifests) if isinstance(cfg, ClassificationDataConfig) else None
-    return DataInfo(tokenizer, tokenizer_fingerprints, manifests, labels)
+    return DataInfo(tokenizer, tokenizer_fingerprints, manifests, paths, labels)
 
 
 def check_distinct_streams(cfg: StreamingDataConfig) -> None:
@@ -338,9 +340,9 @@ def build_dataloader(cfg: StreamingDataConfig, info: DataInfo, split: str, batch
     train = split == "train"
     streams = []
     for name, stream in cfg.streams.items():
-        if (name, split) not in info.manifests:  # an empty split (see prepare)
+        if (name, split) not in info.paths:  # an empty split (see prepare)
             continue
-        local, remote = loader_paths(name, stream, split, cfg.cache_dir)
+        local, remote = info.paths[(name, split)]
         streams.append(Stream(local=local, remote=remote, proportion=stream.proportion if train else None))
     with shared_memory_registration():
         dataset = MLMStreamingDataset(
