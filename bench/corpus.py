@@ -14,11 +14,11 @@ from pathlib import Path
 
 from perceiver_stream.convert.cli import DOWNLOADS
 from perceiver_stream.convert.input import Stats
+from perceiver_stream.convert.registry_corpora import REGISTRY_VOCAB_SIZE
 from perceiver_stream.convert.sources import Source
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CACHE = Path.home() / ".cache" / "perceiver-stream" / "bench"
-REGISTRY_VOCAB_SIZE = 8000  # the quickstart's: what ~10 MB of text supports
 
 
 @dataclass(frozen=True)

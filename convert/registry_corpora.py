@@ -31,6 +31,7 @@ from pathlib import Path
 from perceiver_stream.convert.input import Stats
 from perceiver_stream.convert.sources import Source, read_wikidump, wikitext_to_text
 
+REGISTRY_VOCAB_SIZE = 8000  # the unigram vocabulary trained on these texts (~10 MB): the quickstart's, the benches'
 GENSIM_WHEEL = "gensim-4.3.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 GENSIM_SHA256 = "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
